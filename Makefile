@@ -1,0 +1,30 @@
+# Two commands do everything on a fresh machine (only Python and gcc needed):
+#   make demo   install, then tune resnet18 at 112..224 on this host and show the result
+#   make test   install, then run the test suite
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+PYTEST_ARGS ?=
+
+.PHONY: install demo test bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# torch==2.13.0 is pinned so pip takes the CPU build, never the CUDA wheels.
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -c "import tvm, torch, onnx, xgboost; from tvm.s_tir import meta_schedule; print('installed: tvm', tvm.__version__, '| torch', torch.__version__)"
+	touch $(STAMP)
+
+demo: install
+	$(BIN)/tunekit flops --model resnet18 --res 112..224
+	$(BIN)/tunekit export --model resnet18 --res 112..224 --out out/demo/onnx
+
+test: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf out .pytest_cache

@@ -1,0 +1,17 @@
+"""The error family the library raises; the CLI turns each into one line and exit code 2."""
+
+
+class TunekitError(Exception):
+    """Base of every error a user can cause and fix (bad input, missing file, ...)."""
+
+
+class SpecError(TunekitError):
+    """A resolution spec, model name or other argument that cannot be parsed."""
+
+
+class ExportError(TunekitError):
+    """An ONNX export or its check against the reference failed."""
+
+
+class OnnxModelError(TunekitError):
+    """A user's ONNX file cannot be read or specialised."""

@@ -1,0 +1,178 @@
+"""Export one static-shape ONNX file per resolution, each checked against its reference.
+
+Zoo models are traced from PyTorch and compared with the PyTorch output; a
+user's ONNX model with dynamic H/W is specialised per resolution and compared
+with the original graph run at that size. ``manifest.json`` beside the files
+says what each one is.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+import onnx
+
+from tunekit import onnxutil
+from tunekit.errors import ExportError
+from tunekit.keys import Key
+
+OPSET = 17
+# Outputs must agree within ATOL + RTOL * max|reference| (float32 reassociation in
+# another runtime; random-init ResNets produce logits in the hundreds).
+ATOL = 1e-4
+RTOL = 1e-4
+MANIFEST = "manifest.json"
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """One exported file and how well it matched its reference."""
+
+    key: Key
+    path: Path
+    max_abs_diff: float
+    tolerance: float
+    inputs: list[onnxutil.TensorInfo]
+    outputs: list[onnxutil.TensorInfo]
+
+    def to_json(self) -> dict:
+        return {"key": str(self.key), "model": self.key.model, "resolution": [self.key.height, self.key.width],
+                "batch": self.key.batch, "file": self.path.name, "sha256": onnxutil.sha256(self.path),
+                "inputs": [i.to_json() for i in self.inputs], "outputs": [o.to_json() for o in self.outputs],
+                "max_abs_diff": self.max_abs_diff, "tolerance": self.tolerance}
+
+
+def torch_to_onnx(model, key: Key) -> onnx.ModelProto:
+    """Trace a PyTorch model at ``key``'s input shape into an ONNX graph (opset ``OPSET``)."""
+    import torch
+
+    buffer = io.BytesIO()
+    with torch.no_grad():
+        torch.onnx.export(model, (torch.zeros(key.input_shape),), buffer, dynamo=False, opset_version=OPSET,
+                          input_names=["input"], output_names=["logits"], do_constant_folding=True)
+    return onnx.load_from_string(buffer.getvalue())
+
+
+def sample_input(key: Key, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal(key.input_shape, dtype=np.float32)
+
+
+def _compare(key: Key, got: np.ndarray, want: np.ndarray) -> tuple[float, float]:
+    if got.shape != want.shape:
+        raise ExportError(f"{key}: output shape {got.shape} differs from reference {want.shape}")
+    diff = float(np.max(np.abs(got.astype(np.float64) - want)))
+    tolerance = ATOL + RTOL * float(np.max(np.abs(want)))
+    if not diff <= tolerance:  # also catches NaN
+        raise ExportError(f"{key}: exported model differs from reference by {diff:.3g} (tolerance {tolerance:.3g})")
+    return diff, tolerance
+
+
+def _save_checked(graph: onnx.ModelProto, path: Path) -> None:
+    tmp = path.with_suffix(".onnx.tmp")
+    onnx.save(graph, str(tmp))
+    try:
+        onnx.checker.check_model(str(tmp), full_check=True)
+    except onnx.checker.ValidationError as exc:
+        tmp.unlink()
+        raise ExportError(f"{path.name} fails the ONNX checker: {exc}") from None
+    os.replace(tmp, path)
+
+
+def export_zoo(name: str, sides: Iterable[int], out_dir: str | Path, batch: int = 1,
+               weights: str | Path | None = None,
+               on_done: Callable[[ExportResult], None] | None = None) -> list[ExportResult]:
+    """Export zoo model ``name`` at each side in ``sides`` into ``out_dir``.
+
+    Each file is checked by the ONNX checker and run on a seeded random input;
+    its output must match PyTorch's within ``ATOL + RTOL * max|reference|``.
+
+    Raises
+    ------
+    SpecError, TunekitError
+        Unknown model or unusable weights.
+    ExportError
+        A file fails the checker or does not match PyTorch.
+    """
+    import torch
+
+    from tunekit.models import create_model
+
+    model = create_model(name, weights)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    results = []
+    for side in sides:
+        key = Key(name, side, side, batch)
+        graph = torch_to_onnx(model, key)
+        path = out / key.filename("onnx")
+        _save_checked(graph, path)
+        x = sample_input(key)
+        with torch.no_grad():
+            want = model(torch.from_numpy(x)).numpy().astype(np.float64)
+        got = onnxutil.run(path, {"input": x})[0]
+        diff, tol = _compare(key, got, want)
+        result = ExportResult(key, path, diff, tol, onnxutil.graph_inputs(graph), onnxutil.graph_outputs(graph))
+        results.append(result)
+        _write_manifest(out, name, "zoo", results[-1:])
+        if on_done:
+            on_done(result)
+    return results
+
+
+def model_name_for(path: str | Path) -> str:
+    """The key's model name for a user's ONNX file: its stem, lower-cased, without dashes."""
+    return Path(path).stem.lower().replace("-", "_").replace(" ", "_")
+
+
+def export_onnx(source: str | Path, sides: Iterable[int], out_dir: str | Path, batch: int = 1,
+                on_done: Callable[[ExportResult], None] | None = None) -> list[ExportResult]:
+    """Specialise a user's ONNX model (dynamic H/W) to each side, checked against the original graph.
+
+    Raises
+    ------
+    OnnxModelError
+        Unreadable file, no single NCHW input, or a fixed size that differs from a requested side.
+    ExportError
+        A specialised file fails the checker or differs from the original.
+    """
+    original = onnxutil.load(source)
+    info = onnxutil.image_input(original)
+    name = model_name_for(source)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    results = []
+    for side in sides:
+        key = Key(name, side, side, batch)
+        graph = onnxutil.specialise(original, batch, side, side)
+        path = out / key.filename("onnx")
+        _save_checked(graph, path)
+        x = np.random.default_rng(0).standard_normal((batch, info.shape[1], side, side), dtype=np.float32)
+        want = onnxutil.run(original, {info.name: x})[0].astype(np.float64)
+        got = onnxutil.run(path, {info.name: x})[0]
+        diff, tol = _compare(key, got, want)
+        result = ExportResult(key, path, diff, tol, onnxutil.graph_inputs(graph), onnxutil.graph_outputs(graph))
+        results.append(result)
+        _write_manifest(out, name, str(Path(source).resolve()), results[-1:])
+        if on_done:
+            on_done(result)
+    return results
+
+
+def _write_manifest(out: Path, model: str, source: str, results: list[ExportResult]) -> None:
+    """Merge ``results`` into ``out/manifest.json``, written atomically (a crash never leaves half a file)."""
+    path = out / MANIFEST
+    manifest = json.loads(path.read_text()) if path.is_file() else {}
+    entries = {e["key"]: e for e in manifest.get("exports", [])}
+    entries.update({str(r.key): {**r.to_json(), "source": source} for r in results})
+    manifest = {"kind": "tunekit-onnx-export", "opset": OPSET,
+                "exports": sorted(entries.values(), key=lambda e: (e["model"], e["resolution"], e["batch"]))}
+    with tempfile.NamedTemporaryFile("w", dir=out, suffix=".tmp", delete=False) as f:
+        json.dump(manifest, f, indent=2)
+    os.replace(f.name, path)
