@@ -1,0 +1,288 @@
+"""The tuning-log database: SQLite (stdlib) behind MetaSchedule's Database interface.
+
+One file holds every workload, every measured candidate and what it was tuned
+for. SQLite gives us the crash-safety the issue asks for: each record is its own
+transaction (``kill -9`` loses at most the candidate in flight), WAL mode lets
+two tuning processes write one file at once, and the file is never left half
+written.
+
+A ``SQLiteDatabase`` is bound to one target and one TVM version: records made
+for another target or TVM version stay in the file, are listed by ``tunekit db``,
+but are never returned to MetaSchedule, so they are never applied.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tunekit.errors import TunekitError
+
+DEFAULT_DB = Path("tuning_logs") / "tunekit.db"
+SCHEMA_VERSION = 1
+FAILED_SECS = 1e9  # MetaSchedule stores 1e10 s for a candidate that failed to build or run
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS workloads (
+    id INTEGER PRIMARY KEY,
+    shash TEXT NOT NULL,
+    workload_json TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS workloads_by_hash ON workloads (shash);
+CREATE TABLE IF NOT EXISTS records (
+    id INTEGER PRIMARY KEY,
+    workload_id INTEGER NOT NULL REFERENCES workloads (id),
+    target TEXT NOT NULL,
+    tvm_version TEXT NOT NULL,
+    record_json TEXT NOT NULL,
+    mean_sec REAL,              -- NULL: the candidate failed to build or run
+    source TEXT NOT NULL,       -- 'search', 'transfer', 'import'
+    created REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS records_by_workload ON records (workload_id, target, tvm_version, mean_sec);
+CREATE TABLE IF NOT EXISTS tasks (
+    workload_id INTEGER NOT NULL REFERENCES workloads (id),
+    model TEXT NOT NULL,
+    resolution INTEGER NOT NULL,
+    batch INTEGER NOT NULL,
+    target TEXT NOT NULL,
+    tvm_version TEXT NOT NULL,
+    task_name TEXT NOT NULL,
+    weight INTEGER NOT NULL,
+    PRIMARY KEY (workload_id, model, resolution, batch, target, tvm_version, task_name)
+);
+CREATE TABLE IF NOT EXISTS failures (
+    id INTEGER PRIMARY KEY,
+    workload_id INTEGER NOT NULL REFERENCES workloads (id),
+    target TEXT NOT NULL,
+    stage TEXT NOT NULL,        -- 'build' or 'run'
+    error TEXT NOT NULL,
+    created REAL NOT NULL
+);
+"""
+
+
+def target_key(target) -> str:
+    """The canonical JSON of a TVM target, as stored with every record."""
+    return json.dumps(dict(target.export()), sort_keys=True, default=list)
+
+
+def tvm_version() -> str:
+    import tvm
+
+    return tvm.__version__
+
+
+def connect(path: str | Path) -> sqlite3.Connection:
+    """Open (creating if needed) a tunekit database file; raises TunekitError if it is not one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(str(path), timeout=60, isolation_level=None, check_same_thread=False)  # autocommit; explicit BEGIN below
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable against process crashes
+        conn.execute("PRAGMA busy_timeout=60000")
+        conn.executescript(SCHEMA)
+        row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        if row is None:
+            conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        elif int(row[0]) != SCHEMA_VERSION:
+            raise TunekitError(f"{path} has schema version {row[0]}; this tunekit reads {SCHEMA_VERSION}")
+    except sqlite3.DatabaseError as exc:
+        conn.close()
+        raise TunekitError(f"{path} is not a tunekit database: {exc}") from None
+    return conn
+
+
+def resolve_path(db: str | Path | None) -> Path:
+    """--db, else $TUNEKIT_DB, else tuning_logs/tunekit.db."""
+    return Path(db or os.environ.get("TUNEKIT_DB") or DEFAULT_DB)
+
+
+@dataclass(frozen=True)
+class TaskUse:
+    """One place a workload is used: a task of (model, resolution, batch) on a target."""
+
+    model: str
+    resolution: int
+    batch: int
+    task_name: str
+    weight: int
+
+
+def to_plain_json(obj):
+    """A MetaSchedule ``as_json`` object as plain JSON data, as TVM's own JSONDatabase writes it:
+    numbers and strings as they are, other IR objects (the IndexMap of a layout rewrite) as
+    TVM's JSON-graph string, which the trace reader parses back."""
+    import tvm
+    import tvm_ffi
+
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    if isinstance(obj, (list, tuple, tvm_ffi.Array)):
+        return [to_plain_json(x) for x in obj]
+    if isinstance(obj, (dict, tvm_ffi.Map)):
+        return {str(k): to_plain_json(v) for k, v in obj.items()}
+    if isinstance(obj, tvm.tirx.IntImm):
+        return int(obj.value)
+    if isinstance(obj, tvm.tirx.FloatImm):
+        return float(obj.value)
+    return tvm.ir.save_json(obj)
+
+
+def _make_database_class():
+    """Define the MetaSchedule subclass lazily, so importing this module does not import tvm."""
+    import tvm
+    import tvm_ffi
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir.meta_schedule.database import PyDatabase, TuningRecord, Workload
+    from tvm.s_tir.meta_schedule.database.database import _ffi_api
+
+    @derived_object
+    class SQLiteDatabase(PyDatabase):
+        """MetaSchedule Database over a tunekit SQLite file, bound to one target and TVM version."""
+
+        def __init__(self, path: str | Path, target, source: str = "search"):
+            super().__init__()
+            self.path = Path(path)
+            self.conn = connect(self.path)
+            self.target = tvm.target.Target(target) if not isinstance(target, tvm.target.Target) else target
+            self.target_key = target_key(self.target)
+            self.version = tvm_version()
+            self.source = source
+            self._by_hash: dict[str, list[tuple[int, Workload]]] = {}
+            self._ids: dict[int, Workload] = {}
+
+        # ---- workloads
+        def _lookup(self, mod) -> tuple[int, Workload] | None:
+            shash = str(tvm_ffi.structural_hash(mod))
+            for wid, workload in self._by_hash.get(shash, []):
+                if tvm_ffi.structural_equal(workload.mod, mod):
+                    return wid, workload
+            # another process may have committed it since: look in the file
+            known = {wid for wid, _ in self._by_hash.get(shash, [])}
+            rows = self.conn.execute("SELECT id, workload_json FROM workloads WHERE shash=?", (shash,)).fetchall()
+            for wid, text in rows:
+                if wid in known:
+                    continue
+                workload = Workload.from_json(json.loads(text))
+                self._by_hash.setdefault(shash, []).append((wid, workload))
+                self._ids[wid] = workload
+                if tvm_ffi.structural_equal(workload.mod, mod):
+                    return wid, workload
+            return None
+
+        def has_workload(self, mod) -> bool:
+            return self._lookup(mod) is not None
+
+        def commit_workload(self, mod) -> Workload:
+            return self._ids[self.workload_id(mod)]
+
+        def workload_id(self, mod) -> int:
+            """The row id of ``mod``'s workload, inserting it if new (safe against concurrent writers)."""
+            found = self._lookup(mod)
+            if found:
+                return found[0]
+            self.conn.execute("BEGIN IMMEDIATE")  # serialise with other writers, then look again
+            try:
+                found = self._lookup(mod)
+                if found:
+                    self.conn.execute("COMMIT")
+                    return found[0]
+                workload = Workload(mod)
+                shash = str(tvm_ffi.structural_hash(mod))
+                cur = self.conn.execute("INSERT INTO workloads (shash, workload_json) VALUES (?, ?)",
+                                        (shash, json.dumps(to_plain_json(_ffi_api.WorkloadAsJSON(workload)))))
+                self.conn.execute("COMMIT")
+            except BaseException:
+                self.conn.execute("ROLLBACK")
+                raise
+            self._by_hash.setdefault(shash, []).append((cur.lastrowid, workload))
+            self._ids[cur.lastrowid] = workload
+            return cur.lastrowid
+
+        def _id_of(self, workload: Workload) -> int:
+            for wid, known in self._ids.items():
+                if known.same_as(workload):
+                    return wid
+            return self.workload_id(workload.mod)
+
+        # ---- records
+        def commit_tuning_record(self, record: TuningRecord) -> None:
+            secs = [float(s) for s in (record.run_secs or [])]
+            mean = sum(secs) / len(secs) if secs and max(secs) < FAILED_SECS else None
+            target = target_key(record.target) if record.target is not None else self.target_key
+            self.conn.execute(
+                "INSERT INTO records (workload_id, target, tvm_version, record_json, mean_sec, source, created)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (self._id_of(record.workload), target, self.version, json.dumps(to_plain_json(_ffi_api.TuningRecordAsJSON(record))), mean,
+                 self.source, time.time()))
+
+        def get_top_k(self, workload: Workload, top_k: int) -> list[TuningRecord]:
+            rows = self.conn.execute(
+                "SELECT record_json FROM records WHERE workload_id=? AND target=? AND tvm_version=?"
+                " AND mean_sec IS NOT NULL ORDER BY mean_sec LIMIT ?",
+                (self._id_of(workload), self.target_key, self.version, top_k)).fetchall()
+            return [TuningRecord.from_json(json.loads(text), workload) for (text,) in rows]
+
+        def get_all_tuning_records(self) -> list[TuningRecord]:
+            rows = self.conn.execute(
+                "SELECT r.record_json, r.workload_id, w.workload_json FROM records r JOIN workloads w"
+                " ON w.id = r.workload_id WHERE r.target=? AND r.tvm_version=?",
+                (self.target_key, self.version)).fetchall()
+            records = []
+            for text, wid, wtext in rows:
+                if wid not in self._ids:
+                    self._ids[wid] = Workload.from_json(json.loads(wtext))
+                records.append(TuningRecord.from_json(json.loads(text), self._ids[wid]))
+            return records
+
+        def __len__(self) -> int:
+            return self.conn.execute("SELECT COUNT(*) FROM records WHERE target=? AND tvm_version=?",
+                                     (self.target_key, self.version)).fetchone()[0]
+
+        # ---- tunekit's own bookkeeping
+        def note_task(self, mod, use: TaskUse) -> int:
+            """Record that ``mod`` is a task of (model, resolution, batch) on this target; returns its id."""
+            wid = self.workload_id(mod)
+            self.conn.execute("INSERT OR REPLACE INTO tasks VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                              (wid, use.model, use.resolution, use.batch, self.target_key, self.version,
+                               use.task_name, use.weight))
+            return wid
+
+        def trials(self, wid: int) -> int:
+            """Candidates measured for workload ``wid`` on this target and version, failures included."""
+            return self.conn.execute("SELECT COUNT(*) FROM records WHERE workload_id=? AND target=?"
+                                     " AND tvm_version=?", (wid, self.target_key, self.version)).fetchone()[0]
+
+        def best_sec(self, wid: int) -> float | None:
+            return self.conn.execute("SELECT MIN(mean_sec) FROM records WHERE workload_id=? AND target=?"
+                                     " AND tvm_version=?", (wid, self.target_key, self.version)).fetchone()[0]
+
+        def note_failure(self, wid: int, stage: str, error: str) -> None:
+            self.conn.execute("INSERT INTO failures (workload_id, target, stage, error, created)"
+                              " VALUES (?, ?, ?, ?, ?)", (wid, self.target_key, stage, error[:4000], time.time()))
+
+        def foreign_records(self, wid: int) -> int:
+            """Records of workload ``wid`` made for another target or TVM version (never applied)."""
+            return self.conn.execute("SELECT COUNT(*) FROM records WHERE workload_id=? AND NOT"
+                                     " (target=? AND tvm_version=?)",
+                                     (wid, self.target_key, self.version)).fetchone()[0]
+
+    return SQLiteDatabase
+
+
+_CLASS = None
+
+
+def open_database(path: str | Path, target, source: str = "search"):
+    """A MetaSchedule ``Database`` over the SQLite file at ``path``, bound to ``target`` and this TVM."""
+    global _CLASS
+    if _CLASS is None:
+        _CLASS = _make_database_class()
+    return _CLASS(path, target, source)

@@ -1,0 +1,110 @@
+"""ONNX to Relax, and the one preparation that tune and build share.
+
+MetaSchedule finds tuned schedules by the structure of each task's TIR. If
+build prepared the module even slightly differently from tune, the database
+keys would not match and tuned schedules would silently not apply; so both
+call ``prepare`` here and nothing else (tests check a build after a tune
+reports 0 untuned tasks).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import onnx
+
+from tunekit.keys import Key
+
+
+@functools.lru_cache(maxsize=1)
+def _zoo_model(model: str, weights: str | None):
+    from tunekit.models import create_model
+
+    return create_model(model, weights)
+
+
+def onnx_graph(key: Key, model: str | None = None, onnx_file: str | None = None,
+               weights: str | None = None) -> onnx.ModelProto:
+    """The static-shape ONNX graph of a zoo model or a user's ONNX file at ``key``'s shape."""
+    from tunekit import onnxutil
+
+    if model:
+        from tunekit.export import torch_to_onnx
+
+        return torch_to_onnx(_zoo_model(model, weights), key)
+    return onnxutil.specialise(onnxutil.load(onnx_file), key.batch, key.height, key.width)
+
+
+def to_relax(graph: onnx.ModelProto):
+    """Import an ONNX graph into Relax with the weights as function parameters.
+
+    Returns ``(mod, params)``: ``mod["main"]`` takes the image then the weights
+    (attribute ``num_input`` = 1), ``params`` is the list of weight tensors.
+    """
+    from tvm import relax
+    from tvm.relax.frontend.onnx import from_onnx
+
+    from tunekit.errors import OnnxModelError
+
+    try:
+        mod = from_onnx(graph, keep_params_in_input=True)
+    except Exception as exc:  # the importer raises many kinds for unsupported graphs
+        raise OnnxModelError(f"TVM cannot import this ONNX graph: {str(exc).strip().splitlines()[-1]}") from None
+    mod, params = relax.frontend.detach_params(mod)
+    return mod, list(params.get("main", []))
+
+
+def prepare(mod, target):
+    """The preparation shared by tune and build: legalise to TIR, fuse, mark weights layout-free.
+
+    On CPUs the weights are marked layout-free so tuned schedules may choose a
+    packed weight layout (rewritten once, at build time, by ``finalize``).
+    """
+    import tvm
+    from tvm import relax
+    from tvm.relax import transform as T
+
+    passes = [T.DecomposeOpsForInference(), T.CanonicalizeBindings(), relax.pipeline.zero_pipeline()]
+    if target.kind.name == "llvm":
+        passes.append(T.AttachAttrLayoutFreeBuffers())
+    with target:
+        return tvm.transform.Sequential(passes)(mod)
+
+
+@dataclass(frozen=True)
+class Task:
+    """One tuning task of a prepared module: a fused TIR function on the image's path."""
+
+    name: str
+    mod: object  # tvm IRModule with one PrimFunc
+    weight: int  # how many times the model calls it
+
+
+def runtime_tasks(prepared, target) -> tuple[list[Task], list[str]]:
+    """The tasks worth tuning, and the names of those that only transform weights.
+
+    Weight-only functions (bias reshapes, weight transposes) are lifted out of the
+    entry point by ``LiftTransformParams`` and run once when the artifact is built,
+    so their speed does not matter; tuning them only costs builds.
+    """
+    import tvm
+    from tvm import relax
+    from tvm.s_tir import meta_schedule as ms
+
+    lifted = relax.transform.LiftTransformParams()(prepared)
+    call_tir = tvm.ir.Op.get("relax.call_tir")
+    on_path: set[str] = set()
+
+    def visit(expr):
+        if isinstance(expr, relax.Call) and expr.op.same_as(call_tir):
+            on_path.add(expr.args[0].name_hint)
+
+    relax.analysis.post_order_visit(lifted["main"].body, visit)
+    tasks, weight_only = [], []
+    for extracted in ms.relax_integration.extract_tasks(prepared, target):
+        if extracted.task_name in on_path:
+            tasks.append(Task(extracted.task_name, extracted.dispatched[0], int(extracted.weight)))
+        else:
+            weight_only.append(extracted.task_name)
+    return tasks, weight_only

@@ -1,0 +1,287 @@
+"""Per-resolution MetaSchedule tuning into the SQLite log database, resumable.
+
+The plan: for each resolution, import the graph, ``frontend.prepare`` it and
+take its runtime tasks; tasks whose TIR is identical across resolutions (or
+models) are tuned once. Every unique task gets its share of the budget (tasks
+with a single possible schedule get one measurement), minus the trials already
+in the database, so running the same command again resumes where it stopped.
+Tasks are tuned one at a time with one shared builder, runner and XGBoost cost
+model; every measured candidate is committed as it arrives.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from tunekit.errors import TunekitError
+from tunekit.keys import Key
+from tunekit.targets import TargetSpec
+
+DEFAULT_TRIALS_PER_TASK = 64
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """How candidates are timed while tuning (the runner's EvaluatorConfig).
+
+    Each candidate runs ``repeat`` times; each repeat is ``number`` calls, more if
+    needed to last ``min_repeat_ms``; the candidate's time is the mean of the repeats.
+    """
+
+    number: int = 1
+    repeat: int = 3
+    min_repeat_ms: int = 40
+    timeout_sec: int = 30
+    cpu_cache_flush: bool = False
+
+
+@dataclass
+class PlannedTask:
+    """A unique workload to tune and where it is used."""
+
+    wid: int
+    name: str
+    mod: object
+    searchable: bool
+    budget: int
+    done: int
+    uses: list[tuple[int, int]] = field(default_factory=list)  # (resolution, weight)
+
+    @property
+    def remaining(self) -> int:
+        return max(0, self.budget - self.done)
+
+
+@dataclass
+class Plan:
+    tasks: list[PlannedTask]
+    per_resolution: dict[int, int]  # resolution -> runtime tasks
+    weight_only: dict[int, list[str]]  # resolution -> names of tasks lifted into the weight transform
+
+    @property
+    def reused(self) -> int:
+        return sum(min(t.done, t.budget) for t in self.tasks)
+
+    @property
+    def new(self) -> int:
+        return sum(t.remaining for t in self.tasks)
+
+
+@dataclass
+class Progress:
+    """What the tuner reports to its caller after every measured batch."""
+
+    task_index: int
+    task_count: int
+    task: PlannedTask
+    trials_done: int  # of this run, all tasks
+    trials_total: int  # new trials planned for this run
+    failed: int
+    best_ms: float | None  # best measured time of the current task
+    elapsed: float
+
+
+@dataclass
+class TuneResult:
+    plan: Plan
+    trials_run: int
+    failed: int
+    seconds: float
+    interrupted: bool = False
+
+
+def _has_search_space(task_mod, target) -> bool:
+    """Whether MetaSchedule's design space for ``task_mod`` has any decision to search."""
+    from tvm.s_tir import meta_schedule as ms
+
+    ctx = ms.TuneContext(mod=task_mod, target=target, space_generator="post-order-apply",
+                         search_strategy="evolutionary", num_threads=1)
+    return any(len(sch.trace.decisions) > 0 for sch in ctx.generate_design_space())
+
+
+def plan(db, target, keys: list[Key], graph_of: Callable[[Key], object], trials: int | None,
+         trials_per_task: int | None) -> Plan:
+    """Extract tasks for every key, deduplicate them, and give each its budget.
+
+    ``trials`` is the total budget for this sweep, split evenly over the unique
+    searchable tasks; ``trials_per_task`` fixes each task's budget instead.
+
+    Raises
+    ------
+    TunekitError
+        ``trials`` too small to give every searchable task at least one trial.
+    """
+    from tunekit import frontend
+    from tunekit.database import TaskUse
+
+    by_wid: dict[int, PlannedTask] = {}
+    per_resolution, weight_only = {}, {}
+    for key in keys:
+        mod, _ = frontend.to_relax(graph_of(key))
+        prepared = frontend.prepare(mod, target)
+        tasks, lifted = frontend.runtime_tasks(prepared, target)
+        per_resolution[key.height] = len(tasks)
+        weight_only[key.height] = lifted
+        for task in tasks:
+            wid = db.note_task(task.mod, TaskUse(key.model, key.height, key.batch, task.name, task.weight))
+            if wid not in by_wid:
+                by_wid[wid] = PlannedTask(wid, task.name, task.mod, _has_search_space(task.mod, target), 0,
+                                          db.trials(wid))
+            by_wid[wid].uses.append((key.height, task.weight))
+    planned = list(by_wid.values())
+    searchable = [t for t in planned if t.searchable]
+    if trials_per_task is None:
+        if trials is None:
+            trials_per_task = DEFAULT_TRIALS_PER_TASK
+        else:
+            if searchable and trials < len(searchable):
+                raise TunekitError(f"--trials {trials} is less than the {len(searchable)} tasks to tune; "
+                                   f"give at least {len(searchable)} (or use --trials-per-task)")
+            trials_per_task = trials // max(1, len(searchable))
+    for task in planned:
+        task.budget = trials_per_task if task.searchable else 1
+    return Plan(planned, per_resolution, weight_only)
+
+
+def _logger_setup(log_path: Path) -> logging.Logger:
+    """Send MetaSchedule's per-trial chatter to a file beside the database, not the terminal."""
+    root = logging.getLogger("tvm.s_tir.meta_schedule")
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    handler = logging.FileHandler(log_path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    root.propagate = False
+    return root
+
+
+def _measure_callback(db, on_batch: Callable[[int, int, float | None], None]):
+    """A MeasureCallback that records failures as data and reports each batch."""
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
+
+    @derived_object
+    class Report(PyMeasureCallback):
+        def __init__(self):
+            super().__init__()
+            self.wid = None
+
+        def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results):
+            failed = 0
+            best = None
+            for build, run in zip(builder_results, runner_results):
+                if build.error_msg:
+                    failed += 1
+                    db.note_failure(self.wid, "build", str(build.error_msg))
+                elif run.error_msg:
+                    failed += 1
+                    db.note_failure(self.wid, "run", str(run.error_msg))
+                elif run.run_secs:
+                    secs = sum(float(s) for s in run.run_secs) / len(run.run_secs)
+                    best = secs if best is None else min(best, secs)
+            on_batch(len(runner_results), failed, best)
+
+    return Report()
+
+
+def build_candidate(mod, target, _params):
+    """Build one candidate in a builder worker: TVM's default_build without its import of
+    ``tvm.s_tir.tensor_intrin``.
+
+    That import parses every registered tensor intrinsic from TVMScript (14-23 s
+    here), and LocalBuilder starts fresh workers for every batch, so it cost
+    ~25 s per batch while the build itself takes milliseconds. Candidates
+    arrive already scheduled (tensorized ones carry the intrinsic's body), so
+    the build needs no registry.
+    """
+    from tvm.driver import build as tvm_build
+    from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
+
+    mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
+    return tvm_build(mod, target=target)
+
+
+def make_runner(spec: TargetSpec, measurement: Measurement, rpc: tuple[str, int, str] | None):
+    """The MetaSchedule runner: local, or on the devices behind an RPC tracker."""
+    from tvm.s_tir import meta_schedule as ms
+
+    config = ms.runner.EvaluatorConfig(number=measurement.number, repeat=measurement.repeat,
+                                       min_repeat_ms=measurement.min_repeat_ms,
+                                       enable_cpu_cache_flush=measurement.cpu_cache_flush)
+    if rpc is None:
+        return ms.runner.LocalRunner(evaluator_config=config, timeout_sec=measurement.timeout_sec)
+    host, port, key = rpc
+    from tunekit.rpc import check_tracker
+
+    check_tracker(host, port, key)
+    rpc_config = ms.runner.RPCConfig(tracker_host=host, tracker_port=port, tracker_key=key,
+                                     session_timeout_sec=measurement.timeout_sec * 4)
+    return ms.runner.RPCRunner(rpc_config=rpc_config, evaluator_config=config, max_workers=1)
+
+
+def tune(db, spec: TargetSpec, the_plan: Plan, log_path: Path, measurement: Measurement = Measurement(),
+         rpc: tuple[str, int, str] | None = None, seed: int = 0,
+         on_progress: Callable[[Progress], None] | None = None) -> TuneResult:
+    """Tune every task of ``the_plan`` that has budget left; records land in ``db`` as measured.
+
+    A KeyboardInterrupt stops after the batch in flight is committed and returns
+    with ``interrupted=True``; running the same plan again resumes.
+    """
+    import os
+
+    from tvm.s_tir import meta_schedule as ms
+
+    target = spec.tvm_target()
+    _logger_setup(log_path)
+    todo = [t for t in the_plan.tasks if t.remaining > 0]
+    total = sum(t.remaining for t in todo)
+    start = time.time()
+    state = {"done": 0, "failed": 0, "index": 0, "best": None}
+    if not todo:
+        return TuneResult(the_plan, 0, 0, 0.0)
+
+    workers = max(1, os.cpu_count() or 1)
+    builder = ms.builder.LocalBuilder(max_workers=workers, timeout_sec=measurement.timeout_sec,
+                                      f_build=build_candidate)
+    runner = make_runner(spec, measurement, rpc)
+    cost_model = ms.cost_model.XGBModel(num_tuning_cores=workers, tree_method="auto")
+
+    def on_batch(count, failed, best):
+        state["done"] += count
+        state["failed"] += failed
+        if best is not None:
+            state["best"] = best if state["best"] is None else min(state["best"], best)
+        if on_progress:
+            task = todo[state["index"]]
+            on_progress(Progress(state["index"], len(todo), task, state["done"], total, state["failed"],
+                                 None if state["best"] is None else state["best"] * 1e3, time.time() - start))
+
+    report = _measure_callback(db, on_batch)
+    interrupted = False
+    try:
+        for index, task in enumerate(todo):
+            state["index"], state["best"] = index, None
+            report.wid = task.wid
+            if on_progress:
+                on_progress(Progress(index, len(todo), task, state["done"], total, state["failed"], None,
+                                     time.time() - start))
+            context = ms.TuneContext(
+                mod=task.mod, target=target, space_generator="post-order-apply", search_strategy="evolutionary",
+                task_name=task.name, logger=logging.getLogger(f"tvm.s_tir.meta_schedule.task.{task.name}"),
+                rand_state=seed + task.wid, num_threads=workers).clone()
+            ms.tune_tasks(
+                tasks=[context], task_weights=[1.0], work_dir=str(log_path.parent),
+                max_trials_global=task.remaining, max_trials_per_task=task.remaining,
+                num_trials_per_iter=min(64, task.remaining), builder=builder, runner=runner, database=db,
+                cost_model=cost_model,
+                measure_callbacks=[*ms.MeasureCallback.create("default"), report],
+                task_scheduler="round-robin")
+            task.done = db.trials(task.wid)
+    except KeyboardInterrupt:
+        interrupted = True
+    return TuneResult(the_plan, state["done"], state["failed"], time.time() - start, interrupted)
