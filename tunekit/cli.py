@@ -169,3 +169,247 @@ def flops(model, onnx_file, res, batch, as_json):
              f"{c.params / 1e6:.2f}M", f"{c.peak_activation_bytes / 2**20:.2f}"] for c in costs]
     _table(f"cost of {model or onnx_file}, batch {batch}",
            ["resolution", "GMACs", "GFLOPs", f"vs {base.resolution}", "params", "peak act. MiB"], rows)
+
+
+# ------------------------------------------------------------------ targets
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def targets(as_json):
+    """List target presets (targets/*.json) and the detected host.
+
+    Any command's --target also takes a raw TVM target dict as JSON.
+
+    \b
+    Examples:
+      tunekit targets
+      tunekit tune --model resnet18 --res 224 --target '{"kind": "llvm", "mcpu": "skylake-avx512", "num-cores": 8}'
+    """
+    from tunekit.targets import presets, resolve_target
+
+    specs = [resolve_target(name) for name in presets()]
+    if as_json:
+        click.echo(json.dumps([s.to_json() for s in specs], indent=2))
+        return
+    rows = [[s.name, s.description, json.dumps(s.tvm), s.threads or "-",
+             f"{s.peak_gflops:,.0f}" if s.peak_gflops else "?"] for s in specs]
+    _table("targets", ["name", "machine", "TVM target", "threads", "peak GFLOP/s"], rows)
+
+
+# --------------------------------------------------------------------- tune
+def _parse_rpc(rpc: str | None, key: str | None):
+    if rpc is None:
+        if key:
+            raise UserError("--rpc-key needs --rpc HOST:PORT")
+        return None
+    host, _, port = rpc.rpartition(":")
+    if not host or not port.isdigit():
+        raise UserError(f"--rpc {rpc!r}: expected HOST:PORT of a TVM RPC tracker, e.g. 127.0.0.1:9190")
+    if not key:
+        raise UserError("--rpc needs --rpc-key KEY (the key the device's rpc_server registered with)")
+    return host, int(port), key
+
+
+class _Reporter:
+    """Tuning progress: a live bar on a terminal, one plain line per batch otherwise (CI logs)."""
+
+    def __init__(self, total: int):
+        self.total = total
+        self.live = sys.stderr.isatty()
+        self.bar = None
+        if self.live:
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                       TimeRemainingColumn)
+
+            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("trials"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                                transient=False)
+            self.bar_id = self.bar.add_task("planning", total=max(total, 1))
+            self.bar.start()
+
+    def __call__(self, p):
+        resolutions = ",".join(str(r) for r, _ in p.task.uses)
+        best = f"best {p.best_ms * 1e3:.1f} us" if p.best_ms is not None else "best -"
+        text = (f"task {p.task_index + 1}/{p.task_count} {p.task.name} @{resolutions}  {best}"
+                + (f"  {p.failed} failed" if p.failed else ""))
+        if self.live:
+            self.bar.update(self.bar_id, completed=p.trials_done, description=text)
+        elif p.best_ms is not None:
+            rate = p.trials_done / p.elapsed if p.elapsed else 0
+            eta = (self.total - p.trials_done) / rate if rate else 0
+            click.echo(f"  {text}  trials {p.trials_done}/{self.total}  {p.elapsed:.0f}s elapsed, ETA {eta:.0f}s",
+                       err=True)
+
+    def close(self):
+        if self.bar:
+            self.bar.stop()
+
+
+@main.command()
+@_model_options
+@click.option("--res", "res", required=True, help=RES_HELP)
+@click.option("--target", "-t", "target", default="host", show_default=True,
+              help="Preset (tunekit targets), a targets/*.json file, or a TVM target dict as JSON.")
+@click.option("--trials", type=click.IntRange(1), help="Total trial budget, split evenly over the unique tasks.")
+@click.option("--trials-per-task", type=click.IntRange(1),
+              help="Trials for every task (default 64 when --trials is not given).")
+@click.option("--batch", default=1, show_default=True, type=click.IntRange(1, 1024))
+@click.option("--weights", type=click.Path(dir_okay=False), help="A state_dict file (zoo models).")
+@click.option("--db", "db_path", type=click.Path(dir_okay=False),
+              help="Tuning database [default: $TUNEKIT_DB or tuning_logs/tunekit.db].")
+@click.option("--rpc", help="HOST:PORT of a TVM RPC tracker: measure on the devices registered there.")
+@click.option("--rpc-key", help="Device key registered with the tracker (with --rpc).")
+@click.option("--seed", default=0, show_default=True, type=int, help="Search seed.")
+def tune(model, onnx_file, res, target, trials, trials_per_task, batch, weights, db_path, rpc, rpc_key, seed):
+    """Tune every task of a model at each resolution with MetaSchedule.
+
+    Records land in the database as they are measured. Running the same command
+    again resumes: tasks that used their budget are skipped, the rest continue.
+    Ctrl-C stops cleanly and prints the command that resumes.
+
+    \b
+    Examples:
+      tunekit tune --model resnet50 --res 112..448 --target host
+      tunekit tune --model resnet18 --res 224 --trials 2000 --db logs/r18.db
+      tunekit tune --model resnet18 --res 224 --target i7-4790k --rpc 127.0.0.1:9190 --rpc-key i7-4790k
+    """
+    import shlex
+    from pathlib import Path
+
+    from tunekit import database, frontend
+    from tunekit import tune as tuning
+    from tunekit.keys import Key, model_name_for
+    from tunekit.targets import resolve_target
+
+    _one_source(model, onnx_file)
+    if trials and trials_per_task:
+        raise UserError("give --trials or --trials-per-task, not both")
+    sides = _sides(res, model)
+    rpc_addr = _parse_rpc(rpc, rpc_key)
+    spec = resolve_target(target)
+    if spec.is_gpu and rpc_addr is None:
+        from tunekit.runtime import has_cuda
+
+        if not has_cuda():
+            raise UserError(f"target {spec.name} needs a GPU to measure on and this machine has none; "
+                            "measure remotely with --rpc HOST:PORT --rpc-key KEY")
+    path = database.resolve_path(db_path)
+    name = model or model_name_for(onnx_file)
+    keys = [Key(name, s, s, batch) for s in sides]
+    click.echo(f"tuning {model or onnx_file} at {', '.join(map(str, sides))} (batch {batch}) for "
+               f"{spec.name}: {json.dumps(spec.tvm)}")
+    click.echo(f"database {path}; TVM log {path.with_suffix('.log')}")
+
+    target_obj = spec.tvm_target()
+    db = database.open_database(path, target_obj)
+    if onnx_file:
+        from tunekit import onnxutil
+
+        onnxutil.load(onnx_file)  # a bad file fails here, with one line
+    plan = tuning.plan(db, target_obj, keys,
+                       lambda k: frontend.onnx_graph(k, model=model, onnx_file=onnx_file, weights=weights),
+                       trials, trials_per_task)
+    searchable = [t for t in plan.tasks if t.searchable]
+    lifted = sum(len(v) for v in plan.weight_only.values())
+    click.echo(f"{sum(plan.per_resolution.values())} tasks over {len(sides)} resolution(s) -> {len(plan.tasks)} "
+               f"unique ({len(searchable)} to search, {len(plan.tasks) - len(searchable)} with one schedule); "
+               f"{lifted} weight-only tasks run once at build, not tuned")
+    done = [t for t in plan.tasks if t.remaining == 0]
+    click.echo(f"budget {searchable[0].budget if searchable else 0} trials per task: {plan.reused} trials reused "
+               f"from the database, {plan.new} new; {len(done)}/{len(plan.tasks)} tasks already done")
+    reporter = _Reporter(plan.new)
+    try:
+        result = tuning.tune(db, spec, plan, path.with_suffix(".log"), rpc=rpc_addr, seed=seed,
+                             on_progress=reporter)
+    finally:
+        reporter.close()
+    rate = result.trials_run / result.seconds if result.seconds else 0.0
+    click.echo(f"{result.trials_run} trials in {result.seconds:.0f}s ({rate:.2f} trials/s), "
+               f"{result.failed} failed candidates (kept as data: tunekit db stats)")
+    if result.interrupted:
+        click.echo("interrupted: every measured trial is kept. Resume with:", err=True)
+        click.echo("  " + shlex.join(["tunekit", *sys.argv[1:]]), err=True)
+        sys.exit(130)
+    _print_summary(path, name, sides, batch, database.short_target(database.target_key(target_obj)))
+
+
+def _print_summary(path, model, sides, batch, target_label):
+    from tunekit import database
+
+    rows = [r for r in database.tuned_summary(path)
+            if r["model"] == model and r["resolution"] in sides and r["batch"] == batch
+            and r["target"] == target_label and r["tvm_version"] == database.tvm_version()]
+    _table("tuned (estimated latency = sum of best kernel times)",
+           ["resolution", "tasks tuned", "trials", "est. latency ms"],
+           [[f"{r['resolution']}x{r['resolution']}", f"{r['tuned_tasks']}/{r['tasks']}", r["trials"],
+             f"{r['est_ms']:.3f}" if r["est_ms"] is not None else "-"] for r in rows])
+
+
+# ----------------------------------------------------------------------- db
+@main.group()
+def db():
+    """Inspect and move the tuning database.
+
+    \b
+    Example:
+      tunekit db list
+    """
+
+
+def _db_option(f):
+    return click.option("--db", "db_path", type=click.Path(dir_okay=False),
+                        help="Tuning database [default: $TUNEKIT_DB or tuning_logs/tunekit.db].")(f)
+
+
+def _existing_db(db_path):
+    from tunekit import database
+
+    path = database.resolve_path(db_path)
+    if not path.is_file():
+        raise UserError(f"no tuning database at {path} (tune something first, or pass --db)")
+    return path
+
+
+@db.command("list")
+@_db_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def db_list(db_path, as_json):
+    """What is tuned: model x resolution x target, trials, estimated latency.
+
+    \b
+    Example:
+      tunekit db list --db tuning_logs/tunekit.db
+    """
+    from tunekit import database
+
+    rows = database.tuned_summary(_existing_db(db_path))
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    _table(f"tuned in {database.resolve_path(db_path)}",
+           ["model", "res", "batch", "target", "TVM", "tasks tuned", "trials", "from transfer", "est. ms"],
+           [[r["model"], r["resolution"], r["batch"], r["target"], r["tvm_version"],
+             f"{r['tuned_tasks']}/{r['tasks']}", r["trials"], r["transferred"],
+             f"{r['est_ms']:.3f}" if r["est_ms"] is not None else "-"] for r in rows])
+
+
+@db.command("stats")
+@_db_option
+def db_stats(db_path):
+    """Counts of workloads, records and failures; the commonest failure messages.
+
+    \b
+    Example:
+      tunekit db stats
+    """
+    from tunekit import database
+
+    s = database.stats(_existing_db(db_path))
+    click.echo(f"{s['path']}: {s['size_mb']} MB, {s['workloads']} workloads, {s['records']} records "
+               f"({s['failed_records']} failed)")
+    click.echo("by source: " + ", ".join(f"{k} {v}" for k, v in s["by_source"].items()))
+    for line in s["targets"]:
+        click.echo(f"  {line}")
+    if s["top_failures"]:
+        click.echo("commonest failures:")
+        for line in s["top_failures"]:
+            click.echo(f"  {line}")

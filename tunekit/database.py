@@ -286,3 +286,65 @@ def open_database(path: str | Path, target, source: str = "search"):
     if _CLASS is None:
         _CLASS = _make_database_class()
     return _CLASS(path, target, source)
+
+
+def short_target(key: str) -> str:
+    """A target's stored JSON as a short label: ``llvm/znver4/2c``, ``cuda/sm_90``."""
+    target = json.loads(key)
+    parts = [target.get("kind", "?")]
+    if "mcpu" in target:
+        parts.append(target["mcpu"])
+    if "arch" in target:
+        parts.append(target["arch"])
+    if "num-cores" in target:
+        parts.append(f"{target['num-cores']}c")
+    return "/".join(parts)
+
+
+def tuned_summary(path: str | Path) -> list[dict]:
+    """One row per (model, resolution, batch, target, TVM version) the database knows.
+
+    ``est_ms`` is the sum over the model's tasks of (calls x best measured time):
+    MetaSchedule's own estimate of end-to-end latency, without the time between
+    kernels; None until every task has a successful record.
+    """
+    conn = connect(path)
+    rows = conn.execute("""
+        SELECT t.model, t.resolution, t.batch, t.target, t.tvm_version, COUNT(*),
+               SUM(r.best IS NOT NULL), COALESCE(SUM(r.n), 0), SUM(t.weight * r.best),
+               COALESCE(SUM(r.transferred), 0)
+        FROM tasks t LEFT JOIN (
+            SELECT workload_id, target, tvm_version, MIN(mean_sec) AS best, COUNT(*) AS n,
+                   SUM(source = 'transfer') AS transferred
+            FROM records GROUP BY workload_id, target, tvm_version) r
+          ON r.workload_id = t.workload_id AND r.target = t.target AND r.tvm_version = t.tvm_version
+        GROUP BY t.model, t.resolution, t.batch, t.target, t.tvm_version
+        ORDER BY t.model, t.target, t.batch, t.resolution""").fetchall()
+    conn.close()
+    return [{"model": m, "resolution": res, "batch": b, "target": short_target(tg), "target_json": json.loads(tg),
+             "tvm_version": v, "tasks": n, "tuned_tasks": int(tuned or 0), "trials": trials,
+             "transferred": transferred,
+             "est_ms": None if tuned != n or est is None else est * 1e3}
+            for m, res, b, tg, v, n, tuned, trials, est, transferred in rows]
+
+
+def stats(path: str | Path) -> dict:
+    """Counts of what the database holds, and the most common failure messages."""
+    conn = connect(path)
+    one = lambda sql: conn.execute(sql).fetchone()[0]  # noqa: E731
+    out = {
+        "path": str(path),
+        "size_mb": round(Path(path).stat().st_size / 2**20, 2),
+        "workloads": one("SELECT COUNT(*) FROM workloads"),
+        "records": one("SELECT COUNT(*) FROM records"),
+        "failed_records": one("SELECT COUNT(*) FROM records WHERE mean_sec IS NULL"),
+        "targets": [short_target(t) + f" (TVM {v}): {n} records" for t, v, n in conn.execute(
+            "SELECT target, tvm_version, COUNT(*) FROM records GROUP BY target, tvm_version")],
+        "by_source": dict(conn.execute("SELECT source, COUNT(*) FROM records GROUP BY source").fetchall()),
+        "top_failures": [f"{n} x {stage}: {err.strip().splitlines()[-1][:150] if err.strip() else '?'}"
+                         for stage, err, n in conn.execute(
+                             "SELECT stage, error, COUNT(*) AS n FROM failures GROUP BY stage, error"
+                             " ORDER BY n DESC LIMIT 5")],
+    }
+    conn.close()
+    return out

@@ -21,7 +21,7 @@ import onnx
 
 from tunekit import onnxutil
 from tunekit.errors import ExportError
-from tunekit.keys import Key
+from tunekit.keys import Key, model_name_for
 
 OPSET = 17
 # Outputs must agree within ATOL + RTOL * max|reference| (float32 reassociation in
@@ -124,11 +124,6 @@ def export_zoo(name: str, sides: Iterable[int], out_dir: str | Path, batch: int 
         if on_done:
             on_done(result)
     return results
-
-
-def model_name_for(path: str | Path) -> str:
-    """The key's model name for a user's ONNX file: its stem, lower-cased, without dashes."""
-    return Path(path).stem.lower().replace("-", "_").replace(" ", "_")
 
 
 def export_onnx(source: str | Path, sides: Iterable[int], out_dir: str | Path, batch: int = 1,

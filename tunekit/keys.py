@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -29,3 +30,8 @@ class Key:
 
     def filename(self, ext: str) -> str:
         return f"{self}.{ext}"
+
+
+def model_name_for(path: str | Path) -> str:
+    """The key's model name for a user's ONNX file: its stem, lower-cased, without dashes."""
+    return Path(path).stem.lower().replace("-", "_").replace(" ", "_")

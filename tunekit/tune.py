@@ -160,8 +160,43 @@ def _logger_setup(log_path: Path) -> logging.Logger:
     return root
 
 
-def _measure_callback(db, on_batch: Callable[[int, int, float | None], None]):
-    """A MeasureCallback that records failures as data and reports each batch."""
+class _Stop(Exception):
+    """Raised inside MetaSchedule's loop to end tuning after a Ctrl-C."""
+
+
+class _StopOnInterrupt:
+    """Turn the first Ctrl-C into a request to stop at the next batch boundary.
+
+    A KeyboardInterrupt raised while MetaSchedule's C++ loop calls back into
+    Python is swallowed there and tuning carries on; so the signal only sets a
+    flag, which the measure callback checks. A second Ctrl-C aborts at once.
+    """
+
+    def __init__(self):
+        self.requested = False
+
+    def __enter__(self):
+        import signal
+
+        def handler(signum, frame):
+            if self.requested:
+                raise KeyboardInterrupt
+            self.requested = True
+
+        self.previous = signal.signal(signal.SIGINT, handler)
+        return self
+
+    def __exit__(self, *exc):
+        import signal
+
+        signal.signal(signal.SIGINT, self.previous)
+
+
+def _measure_callback(db, on_batch: Callable[[int, int, float | None], None], stop: _StopOnInterrupt):
+    """A MeasureCallback that records failures as data and reports each batch.
+
+    It runs before the database commit: after a Ctrl-C it raises, so the batch in
+    flight (whose workers the signal also killed) is not recorded as failures."""
     from tvm.ir.utils import derived_object
     from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
 
@@ -172,6 +207,8 @@ def _measure_callback(db, on_batch: Callable[[int, int, float | None], None]):
             self.wid = None
 
         def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results):
+            if stop.requested:
+                raise _Stop()
             failed = 0
             best = None
             for build, run in zip(builder_results, runner_results):
@@ -261,10 +298,13 @@ def tune(db, spec: TargetSpec, the_plan: Plan, log_path: Path, measurement: Meas
             on_progress(Progress(state["index"], len(todo), task, state["done"], total, state["failed"],
                                  None if state["best"] is None else state["best"] * 1e3, time.time() - start))
 
-    report = _measure_callback(db, on_batch)
+    stop = _StopOnInterrupt()
+    report = _measure_callback(db, on_batch, stop)
     interrupted = False
-    try:
+    with stop:
         for index, task in enumerate(todo):
+            if stop.requested:
+                break
             state["index"], state["best"] = index, None
             report.wid = task.wid
             if on_progress:
@@ -274,14 +314,17 @@ def tune(db, spec: TargetSpec, the_plan: Plan, log_path: Path, measurement: Meas
                 mod=task.mod, target=target, space_generator="post-order-apply", search_strategy="evolutionary",
                 task_name=task.name, logger=logging.getLogger(f"tvm.s_tir.meta_schedule.task.{task.name}"),
                 rand_state=seed + task.wid, num_threads=workers).clone()
-            ms.tune_tasks(
-                tasks=[context], task_weights=[1.0], work_dir=str(log_path.parent),
-                max_trials_global=task.remaining, max_trials_per_task=task.remaining,
-                num_trials_per_iter=min(64, task.remaining), builder=builder, runner=runner, database=db,
-                cost_model=cost_model,
-                measure_callbacks=[*ms.MeasureCallback.create("default"), report],
-                task_scheduler="round-robin")
+            try:
+                ms.tune_tasks(
+                    tasks=[context], task_weights=[1.0], work_dir=str(log_path.parent),
+                    max_trials_global=task.remaining, max_trials_per_task=task.remaining,
+                    num_trials_per_iter=min(64, task.remaining), builder=builder, runner=runner, database=db,
+                    cost_model=cost_model,
+                    measure_callbacks=[report, *ms.MeasureCallback.create("default")],
+                    task_scheduler="round-robin")
+            except Exception:
+                if not stop.requested:
+                    raise
             task.done = db.trials(task.wid)
-    except KeyboardInterrupt:
-        interrupted = True
+        interrupted = stop.requested
     return TuneResult(the_plan, state["done"], state["failed"], time.time() - start, interrupted)
