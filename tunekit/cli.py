@@ -413,3 +413,63 @@ def db_stats(db_path):
         click.echo("commonest failures:")
         for line in s["top_failures"]:
             click.echo(f"  {line}")
+
+
+@db.command("export")
+@_db_option
+@click.option("--format", "fmt", type=click.Choice(["tvm-json"]), default="tvm-json", show_default=True)
+@click.option("--target", "-t", help="Only records for this target (recommended: stock TVM applies any record).")
+@click.argument("out_dir", type=click.Path(file_okay=False))
+def db_export(db_path, fmt, target, out_dir):
+    """Write the records in TVM's own JSONDatabase layout, for stock TVM.
+
+    \b
+    Example:
+      tunekit db export --format tvm-json --target host exported/
+      # then, in TVM: ms.database.JSONDatabase(work_dir="exported/")
+    """
+    from tunekit import database
+    from tunekit.targets import resolve_target
+
+    path = _existing_db(db_path)
+    key = database.target_key(resolve_target(target).tvm_target()) if target else None
+    workloads, records = database.export_tvm_json(path, out_dir, key)
+    click.echo(f"wrote {records} records of {workloads} workloads to {out_dir}/ (TVM {database.tvm_version()})")
+
+
+@db.command("import")
+@_db_option
+@click.argument("in_dir", type=click.Path(file_okay=False, exists=True))
+def db_import(db_path, in_dir):
+    """Add the records of a TVM JSONDatabase directory to the tunekit database.
+
+    \b
+    Example:
+      tunekit db import exported/
+    """
+    from tunekit import database
+
+    n = database.import_tvm_json(database.resolve_path(db_path), in_dir)
+    click.echo(f"imported {n} records from {in_dir}/")
+
+
+@db.command("prune")
+@_db_option
+@click.option("--top-k", required=True, type=click.IntRange(1), help="Records to keep per task and target.")
+def db_prune(db_path, top_k):
+    """Keep only the best K records of every task; pruned trials still count as done.
+
+    \b
+    Example:
+      tunekit db prune --top-k 8
+    """
+    from tunekit import database
+
+    path = _existing_db(db_path)
+    before = path.stat().st_size
+    deleted = database.prune(path, top_k)
+    click.echo(f"deleted {deleted} records; {before / 2**20:.2f} MB -> {path.stat().st_size / 2**20:.2f} MB")
+
+
+if __name__ == "__main__":
+    main()

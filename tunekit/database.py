@@ -56,6 +56,13 @@ CREATE TABLE IF NOT EXISTS tasks (
     weight INTEGER NOT NULL,
     PRIMARY KEY (workload_id, model, resolution, batch, target, tvm_version, task_name)
 );
+CREATE TABLE IF NOT EXISTS pruned (  -- trials deleted by `db prune`: they still count as done
+    workload_id INTEGER NOT NULL REFERENCES workloads (id),
+    target TEXT NOT NULL,
+    tvm_version TEXT NOT NULL,
+    n INTEGER NOT NULL,
+    PRIMARY KEY (workload_id, target, tvm_version)
+);
 CREATE TABLE IF NOT EXISTS failures (
     id INTEGER PRIMARY KEY,
     workload_id INTEGER NOT NULL REFERENCES workloads (id),
@@ -256,9 +263,13 @@ def _make_database_class():
             return wid
 
         def trials(self, wid: int) -> int:
-            """Candidates measured for workload ``wid`` on this target and version, failures included."""
-            return self.conn.execute("SELECT COUNT(*) FROM records WHERE workload_id=? AND target=?"
-                                     " AND tvm_version=?", (wid, self.target_key, self.version)).fetchone()[0]
+            """Candidates measured for workload ``wid`` on this target and version (failed and pruned too)."""
+            args = (wid, self.target_key, self.version)
+            kept = self.conn.execute("SELECT COUNT(*) FROM records WHERE workload_id=? AND target=?"
+                                     " AND tvm_version=?", args).fetchone()[0]
+            pruned = self.conn.execute("SELECT COALESCE(SUM(n), 0) FROM pruned WHERE workload_id=? AND target=?"
+                                       " AND tvm_version=?", args).fetchone()[0]
+            return kept + pruned
 
         def best_sec(self, wid: int) -> float | None:
             return self.conn.execute("SELECT MIN(mean_sec) FROM records WHERE workload_id=? AND target=?"
@@ -348,3 +359,69 @@ def stats(path: str | Path) -> dict:
     }
     conn.close()
     return out
+
+
+def prune(path: str | Path, top_k: int) -> int:
+    """Keep the best ``top_k`` successful records per workload, target and TVM version; returns
+    how many were deleted. Deleted trials still count toward a task's budget, so resume does
+    not re-tune them."""
+    conn = connect(path)
+    conn.execute("BEGIN IMMEDIATE")
+    conn.execute("""CREATE TEMP TABLE doomed AS SELECT id, workload_id, target, tvm_version FROM (
+        SELECT id, workload_id, target, tvm_version, ROW_NUMBER() OVER (
+            PARTITION BY workload_id, target, tvm_version
+            ORDER BY mean_sec IS NULL, mean_sec) AS rank FROM records) WHERE rank > ?""", (top_k,))
+    conn.execute("""INSERT INTO pruned SELECT workload_id, target, tvm_version, COUNT(*) FROM doomed
+        GROUP BY 1, 2, 3 ON CONFLICT (workload_id, target, tvm_version) DO UPDATE SET n = n + excluded.n""")
+    deleted = conn.execute("DELETE FROM records WHERE id IN (SELECT id FROM doomed)").rowcount
+    conn.execute("DROP TABLE doomed")
+    conn.execute("COMMIT")
+    conn.execute("VACUUM")
+    conn.close()
+    return deleted
+
+
+def export_tvm_json(path: str | Path, out_dir: str | Path, target: str | None = None) -> tuple[int, int]:
+    """Write TVM's JSONDatabase layout (database_workload.json, database_tuning_record.json).
+
+    Only records of this TVM version are written; ``target`` (a stored target JSON)
+    restricts them to one target, since stock TVM applies a record whatever its
+    target. Returns (workloads, records) written.
+    """
+    conn = connect(path)
+    sql = ("SELECT r.workload_id, w.workload_json, r.record_json FROM records r JOIN workloads w"
+           " ON w.id = r.workload_id WHERE r.mean_sec IS NOT NULL AND r.tvm_version = ?")
+    args: list = [tvm_version()]
+    if target is not None:
+        sql += " AND r.target = ?"
+        args.append(target)
+    rows = conn.execute(sql + " ORDER BY r.workload_id, r.mean_sec", args).fetchall()
+    conn.close()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    index: dict[int, int] = {}
+    with open(out / "database_workload.json", "w") as wf, open(out / "database_tuning_record.json", "w") as rf:
+        for wid, workload_json, record_json in rows:
+            if wid not in index:
+                index[wid] = len(index)
+                wf.write(workload_json + "\n")
+            rf.write(json.dumps([index[wid], json.loads(record_json)]) + "\n")
+    return len(index), len(rows)
+
+
+def import_tvm_json(path: str | Path, in_dir: str | Path) -> int:
+    """Add the records of a TVM JSONDatabase directory (source 'import'); returns how many."""
+    from tvm.s_tir import meta_schedule as ms
+
+    src = Path(in_dir)
+    files = [src / "database_workload.json", src / "database_tuning_record.json"]
+    missing = [f.name for f in files if not f.is_file()]
+    if missing:
+        raise TunekitError(f"{src} is not a TVM JSON database: missing {', '.join(missing)}")
+    records = ms.database.JSONDatabase(str(files[0]), str(files[1]), allow_missing=False).get_all_tuning_records()
+    if not records:
+        return 0
+    db = open_database(path, records[0].target, source="import")
+    for record in records:
+        db.commit_tuning_record(record)
+    return len(records)

@@ -1,0 +1,191 @@
+"""The tuning engine with real MetaSchedule runs on a tiny conv net: records, resume,
+crash safety, concurrent writers, target isolation, export to stock TVM."""
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tunekit import database, frontend
+from tunekit.keys import Key
+from tunekit.targets import resolve_target
+
+TUNEKIT = [sys.executable, "-m", "tunekit.cli"]
+TINY = ["--model", "tinyconv", "--res", "32", "--trials-per-task", "2"]
+
+
+@pytest.fixture(scope="module")
+def tuned_db(tmp_path_factory):
+    """tinyconv at 32x32, 2 trials per task, tuned once for the module."""
+    from click.testing import CliRunner
+
+    from tunekit.cli import main
+
+    path = tmp_path_factory.mktemp("tuned") / "t.db"
+    result = CliRunner().invoke(main, ["tune", *TINY, "--db", str(path)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return path, result.output
+
+
+def _copy(src, dst):
+    """Copy a WAL-mode database (the file alone may not hold the latest commits)."""
+    with sqlite3.connect(src) as a, sqlite3.connect(dst) as b:
+        a.backup(b)
+    return dst
+
+
+def _records(path):
+    with sqlite3.connect(path) as conn:
+        return conn.execute("SELECT COUNT(*) FROM records").fetchone()[0]
+
+
+def test_records_land(tuned_db):
+    path, output = tuned_db
+    assert "6 tasks over 1 resolution(s) -> 6 unique (5 to search, 1 with one schedule)" in output
+    assert "3 weight-only tasks" in output
+    assert "0 trials reused from the database, 11 new" in output
+    assert _records(path) == 11  # 5 searched tasks x 2 + 1 single-schedule task x 1
+    (row,) = database.tuned_summary(path)
+    assert (row["model"], row["resolution"], row["tuned_tasks"], row["tasks"]) == ("tinyconv", 32, 6, 6)
+    assert row["est_ms"] > 0
+    assert row["target"].startswith("llvm/")
+
+
+def test_resume_adds_nothing_to_finished_tasks(tuned_db, cli):
+    path, _ = tuned_db
+    before = _records(path)
+    result = cli("tune", *TINY, "--db", path)
+    assert result.exit_code == 0
+    assert "11 trials reused from the database, 0 new; 6/6 tasks already done" in result.output
+    assert _records(path) == before
+
+
+def test_records_of_other_targets_and_versions_are_never_applied(tuned_db):
+    path, _ = tuned_db
+    graph = frontend.onnx_graph(Key("tinyconv", 32, 32), model="tinyconv")
+    host = resolve_target("host").tvm_target()
+    tasks, _ = frontend.runtime_tasks(frontend.prepare(frontend.to_relax(graph)[0], host), host)
+    conv = next(t for t in tasks if "conv2d" in t.name)
+
+    same = database.open_database(path, host)
+    assert same.query_tuning_record(conv.mod, host, "main") is not None
+    other = resolve_target('{"kind": "llvm", "mcpu": "haswell", "num-cores": 2}').tvm_target()
+    foreign = database.open_database(path, other)
+    assert foreign.query_tuning_record(conv.mod, other, "main") is None
+    assert foreign.get_top_k(foreign.commit_workload(conv.mod), 5) == []
+    assert foreign.foreign_records(foreign.workload_id(conv.mod)) == 2
+
+    copy = _copy(path, path.with_name("old.db"))
+    with sqlite3.connect(copy) as conn:
+        conn.execute("UPDATE records SET tvm_version = '0.20.0'")
+    aged = database.open_database(copy, host)
+    assert aged.query_tuning_record(conv.mod, host, "main") is None
+    assert len(aged) == 0
+
+
+def test_export_applies_in_stock_tvm(tuned_db, tmp_path, cli):
+    import tvm
+    from tvm import relax
+    from tvm.s_tir import meta_schedule as ms
+
+    path, _ = tuned_db
+    result = cli("db", "export", "--db", path, "--format", "tvm-json", "--target", "host", tmp_path / "tvm")
+    assert result.exit_code == 0, result.output
+    assert "wrote 11 records of 6 workloads" in result.output
+    stock = ms.database.JSONDatabase(work_dir=str(tmp_path / "tvm"))
+    host = resolve_target("host").tvm_target()
+    graph = frontend.onnx_graph(Key("tinyconv", 32, 32), model="tinyconv")
+    prepared = frontend.prepare(frontend.to_relax(graph)[0], host)
+    tasks, _ = frontend.runtime_tasks(prepared, host)
+    with host, stock:
+        applied = relax.transform.MetaScheduleApplyDatabase()(prepared)
+    for task in tasks:
+        assert applied[task.name].attrs.get("tirx.is_scheduled"), task.name
+
+    # and back: import into a fresh tunekit database
+    result = cli("db", "import", "--db", tmp_path / "back.db", tmp_path / "tvm")
+    assert "imported 11 records" in result.output
+    assert _records(tmp_path / "back.db") == 11
+
+
+def test_prune_keeps_budget(tuned_db, cli, tmp_path):
+    path, _ = tuned_db
+    copy = _copy(path, tmp_path / "p.db")
+    result = cli("db", "prune", "--db", copy, "--top-k", "1")
+    assert result.exit_code == 0 and "deleted 5 records" in result.output
+    assert _records(copy) == 6
+    result = cli("tune", *TINY, "--db", copy)
+    assert "0 new; 6/6 tasks already done" in result.output
+
+
+def _start(args, db):
+    return subprocess.Popen([*TUNEKIT, "tune", *args, "--db", str(db)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def test_kill_9_then_resume(tmp_path):
+    db = tmp_path / "k.db"
+    proc = _start(TINY, db)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if db.exists() and _records(db) >= 2:
+            break
+        time.sleep(0.5)
+    assert proc.poll() is None, "tuning finished before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    survived = _records(db)
+    assert survived >= 2
+    # every surviving record is readable by MetaSchedule
+    host = resolve_target("host").tvm_target()
+    assert len(database.open_database(db, host).get_all_tuning_records()) == survived
+    resumed = subprocess.run([*TUNEKIT, "tune", *TINY, "--db", str(db)], capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert f"{survived} trials reused" in resumed.stdout
+    assert _records(db) == 11
+
+
+def test_two_writers_at_once(tmp_path):
+    db = tmp_path / "c.db"
+    procs = [_start(["--model", "tinyconv", "--res", res, "--trials-per-task", "1"], db) for res in ("32", "40")]
+    outputs = [p.communicate(timeout=900)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    rows = {r["resolution"]: r for r in database.tuned_summary(db)}
+    assert set(rows) == {32, 40}
+    assert all(r["tuned_tasks"] == r["tasks"] for r in rows.values())
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model", "tinyconv", "--res", "32", "--target", "pentium"], "unknown target 'pentium'; choose from:"),
+    (["--model", "tinyconv", "--res", "32", "--target", '{"kind": "nope"}'], "TVM rejects"),
+    (["--model", "tinyconv", "--res", "32", "--trials", "2"], "--trials 2 is less than the 5 tasks"),
+    (["--model", "tinyconv", "--res", "32", "--rpc", "127.0.0.1"], "expected HOST:PORT"),
+])
+def test_bad_tune_input(cli, tmp_path, args, message):
+    result = cli("tune", *args, "--db", tmp_path / "x.db")
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr and "Traceback" not in result.output
+
+
+def test_bad_onnx_for_tune(cli, tmp_path):
+    junk = tmp_path / "junk.onnx"
+    junk.write_text("garbage")
+    result = cli("tune", "--onnx", junk, "--res", "32", "--db", tmp_path / "x.db")
+    assert result.exit_code == 2 and "not a readable ONNX model" in result.stderr
+
+
+def test_db_commands_without_db(cli, tmp_path):
+    result = cli("db", "list", "--db", tmp_path / "none.db")
+    assert result.exit_code == 2 and "no tuning database" in result.stderr
+    bad = tmp_path / "bad.db"
+    bad.write_text("this is not sqlite " * 100)
+    result = cli("db", "list", "--db", bad)
+    assert result.exit_code == 2 and "not a tunekit database" in result.stderr
