@@ -285,6 +285,10 @@ def tune(model, onnx_file, res, target, trials, trials_per_task, batch, weights,
         raise UserError("give --trials or --trials-per-task, not both")
     sides = _sides(res, model)
     rpc_addr = _parse_rpc(rpc, rpc_key)
+    if rpc_addr:
+        from tunekit.rpc import check_tracker
+
+        check_tracker(*rpc_addr)  # fail now, not after planning
     spec = resolve_target(target)
     if spec.is_gpu and rpc_addr is None:
         from tunekit.runtime import has_cuda

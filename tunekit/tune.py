@@ -255,10 +255,11 @@ def make_runner(spec: TargetSpec, measurement: Measurement, rpc: tuple[str, int,
     host, port, key = rpc
     from tunekit.rpc import check_tracker
 
-    check_tracker(host, port, key)
+    servers = check_tracker(host, port, key)
     rpc_config = ms.runner.RPCConfig(tracker_host=host, tracker_port=port, tracker_key=key,
                                      session_timeout_sec=measurement.timeout_sec * 4)
-    return ms.runner.RPCRunner(rpc_config=rpc_config, evaluator_config=config, max_workers=1)
+    # one measurement at a time per device: as many workers as devices registered
+    return ms.runner.RPCRunner(rpc_config=rpc_config, evaluator_config=config, max_workers=servers)
 
 
 def tune(db, spec: TargetSpec, the_plan: Plan, log_path: Path, measurement: Measurement = Measurement(),
