@@ -19,9 +19,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -c "import tvm, torch, onnx, xgboost; from tvm.s_tir import meta_schedule; print('installed: tvm', tvm.__version__, '| torch', torch.__version__)"
 	touch $(STAMP)
 
+# The main job on the embedded defaults: tune resnet18 at 112, 168 and 224 on this host into
+# tuning_logs/tunekit.db with a small budget (a few minutes on 2 cores; rerunning resumes and
+# is instant once done), then show what is tuned.
+DEMO_TRIALS ?= 2
 demo: install
 	$(BIN)/tunekit flops --model resnet18 --res 112..224
-	$(BIN)/tunekit export --model resnet18 --res 112..224 --out out/demo/onnx
+	$(BIN)/tunekit tune --model resnet18 --res 112..224 --target host --trials-per-task $(DEMO_TRIALS)
+	$(BIN)/tunekit db list
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -214,7 +214,7 @@ class _Reporter:
 
     def __init__(self, total: int):
         self.total = total
-        self.live = sys.stderr.isatty()
+        self.live = sys.stdout.isatty()
         self.bar = None
         if self.live:
             from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
@@ -228,7 +228,7 @@ class _Reporter:
 
     def __call__(self, p):
         resolutions = ",".join(str(r) for r, _ in p.task.uses)
-        best = f"best {p.best_ms * 1e3:.1f} us" if p.best_ms is not None else "best -"
+        best = f"best {p.best_ms * 1e3:.2f} us" if p.best_ms is not None else "best -"
         text = (f"task {p.task_index + 1}/{p.task_count} {p.task.name} @{resolutions}  {best}"
                 + (f"  {p.failed} failed" if p.failed else ""))
         if self.live:
@@ -236,8 +236,7 @@ class _Reporter:
         elif p.best_ms is not None:
             rate = p.trials_done / p.elapsed if p.elapsed else 0
             eta = (self.total - p.trials_done) / rate if rate else 0
-            click.echo(f"  {text}  trials {p.trials_done}/{self.total}  {p.elapsed:.0f}s elapsed, ETA {eta:.0f}s",
-                       err=True)
+            click.echo(f"  {text}  trials {p.trials_done}/{self.total}  {p.elapsed:.0f}s elapsed, ETA {eta:.0f}s")
 
     def close(self):
         if self.bar:
@@ -259,7 +258,9 @@ class _Reporter:
 @click.option("--rpc", help="HOST:PORT of a TVM RPC tracker: measure on the devices registered there.")
 @click.option("--rpc-key", help="Device key registered with the tracker (with --rpc).")
 @click.option("--seed", default=0, show_default=True, type=int, help="Search seed.")
-def tune(model, onnx_file, res, target, trials, trials_per_task, batch, weights, db_path, rpc, rpc_key, seed):
+@click.option("--dry-run", is_flag=True, help="Plan (tasks, budget, what is already done) and stop.")
+def tune(model, onnx_file, res, target, trials, trials_per_task, batch, weights, db_path, rpc, rpc_key, seed,
+         dry_run):
     """Tune every task of a model at each resolution with MetaSchedule.
 
     Records land in the database as they are measured. Running the same command
@@ -301,7 +302,7 @@ def tune(model, onnx_file, res, target, trials, trials_per_task, batch, weights,
     keys = [Key(name, s, s, batch) for s in sides]
     click.echo(f"tuning {model or onnx_file} at {', '.join(map(str, sides))} (batch {batch}) for "
                f"{spec.name}: {json.dumps(spec.tvm)}")
-    click.echo(f"database {path}; TVM log {path.with_suffix('.log')}")
+    click.echo(f"database {path}; TVM's own log {path.with_suffix('.log')}")
 
     target_obj = spec.tvm_target()
     db = database.open_database(path, target_obj)
@@ -309,9 +310,11 @@ def tune(model, onnx_file, res, target, trials, trials_per_task, batch, weights,
         from tunekit import onnxutil
 
         onnxutil.load(onnx_file)  # a bad file fails here, with one line
-    plan = tuning.plan(db, target_obj, keys,
-                       lambda k: frontend.onnx_graph(k, model=model, onnx_file=onnx_file, weights=weights),
-                       trials, trials_per_task)
+    log_path = path.with_suffix(".log")
+    with tuning.native_stderr_to(log_path):
+        plan = tuning.plan(db, target_obj, keys,
+                           lambda k: frontend.onnx_graph(k, model=model, onnx_file=onnx_file, weights=weights),
+                           trials, trials_per_task)
     searchable = [t for t in plan.tasks if t.searchable]
     lifted = sum(len(v) for v in plan.weight_only.values())
     click.echo(f"{sum(plan.per_resolution.values())} tasks over {len(sides)} resolution(s) -> {len(plan.tasks)} "
@@ -320,10 +323,12 @@ def tune(model, onnx_file, res, target, trials, trials_per_task, batch, weights,
     done = [t for t in plan.tasks if t.remaining == 0]
     click.echo(f"budget {searchable[0].budget if searchable else 0} trials per task: {plan.reused} trials reused "
                f"from the database, {plan.new} new; {len(done)}/{len(plan.tasks)} tasks already done")
+    if dry_run:
+        return
     reporter = _Reporter(plan.new)
     try:
-        result = tuning.tune(db, spec, plan, path.with_suffix(".log"), rpc=rpc_addr, seed=seed,
-                             on_progress=reporter)
+        with tuning.native_stderr_to(log_path):
+            result = tuning.tune(db, spec, plan, log_path, rpc=rpc_addr, seed=seed, on_progress=reporter)
     finally:
         reporter.close()
     rate = result.trials_run / result.seconds if result.seconds else 0.0

@@ -11,7 +11,10 @@ model; every measured candidate is committed as it arrives.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -147,6 +150,26 @@ def plan(db, target, keys: list[Key], graph_of: Callable[[Key], object], trials:
     return Plan(planned, per_resolution, weight_only)
 
 
+@contextlib.contextmanager
+def native_stderr_to(log_path: Path):
+    """Send file descriptor 2 to ``log_path`` while TVM works.
+
+    TVM's C++ side warns straight to fd 2 ("Unknown schedule rule ...") and the
+    builder/runner workers inherit it; that chatter belongs in the log, not the
+    terminal. Python's own ``sys.stderr`` object is left alone.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(log_path, "a") as log:
+        os.dup2(log.fileno(), 2)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def _logger_setup(log_path: Path) -> logging.Logger:
     """Send MetaSchedule's per-trial chatter to a file beside the database, not the terminal."""
     root = logging.getLogger("tvm.s_tir.meta_schedule")
@@ -226,6 +249,20 @@ def _measure_callback(db, on_batch: Callable[[int, int, float | None], None], st
     return Report()
 
 
+def search_strategy(budget: int):
+    """MetaSchedule's evolutionary search, its population scaled to the task's budget.
+
+    The stock population (512, evolved 4 generations) costs 5-15 s of search per
+    batch on 2 cores whatever the batch size; for a budget of a few trials that
+    search is most of the time. Budgets of 64 trials and more get the stock search.
+    """
+    from tvm.s_tir import meta_schedule as ms
+
+    population = max(64, min(512, 8 * budget))
+    return ms.search_strategy.EvolutionarySearch(population_size=population,
+                                                 init_min_unmeasured=min(50, population // 2))
+
+
 def build_candidate(mod, target, _params):
     """Build one candidate in a builder worker: TVM's default_build without its import of
     ``tvm.s_tir.tensor_intrin``.
@@ -270,8 +307,6 @@ def tune(db, spec: TargetSpec, the_plan: Plan, log_path: Path, measurement: Meas
     A KeyboardInterrupt stops after the batch in flight is committed and returns
     with ``interrupted=True``; running the same plan again resumes.
     """
-    import os
-
     from tvm.s_tir import meta_schedule as ms
 
     target = spec.tvm_target()
@@ -312,8 +347,8 @@ def tune(db, spec: TargetSpec, the_plan: Plan, log_path: Path, measurement: Meas
                 on_progress(Progress(index, len(todo), task, state["done"], total, state["failed"], None,
                                      time.time() - start))
             context = ms.TuneContext(
-                mod=task.mod, target=target, space_generator="post-order-apply", search_strategy="evolutionary",
-                task_name=task.name, logger=logging.getLogger(f"tvm.s_tir.meta_schedule.task.{task.name}"),
+                mod=task.mod, target=target, space_generator="post-order-apply",
+                search_strategy=search_strategy(task.budget), task_name=task.name, logger=logging.getLogger(f"tvm.s_tir.meta_schedule.task.{task.name}"),
                 rand_state=seed + task.wid, num_threads=workers).clone()
             try:
                 ms.tune_tasks(
