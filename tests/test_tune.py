@@ -189,3 +189,22 @@ def test_db_commands_without_db(cli, tmp_path):
     bad.write_text("this is not sqlite " * 100)
     result = cli("db", "list", "--db", bad)
     assert result.exit_code == 2 and "not a tunekit database" in result.stderr
+
+
+def test_dry_run_plans_without_tuning(cli, tmp_path):
+    db = tmp_path / "d.db"
+    result = cli("tune", "--model", "tinyconv", "--res", "32,40", "--trials", "90", "--db", db, "--dry-run")
+    assert result.exit_code == 0, result.output
+    # 2 x 6 tasks; the fc, its flatten and nothing else are shared between the resolutions
+    assert "12 tasks over 2 resolution(s) -> 10 unique (9 to search, 1 with one schedule)" in result.output
+    assert "budget 10 trials per task" in result.output
+    assert _records(db) == 0
+
+
+def test_search_population_follows_budget():
+    from tunekit.tune import search_strategy
+
+    assert search_strategy(1).population_size == 64
+    assert search_strategy(16).population_size == 128
+    assert search_strategy(64).population_size == 512  # MetaSchedule's own default
+    assert search_strategy(1000).population_size == 512
