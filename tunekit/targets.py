@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from tunekit.errors import SpecError
@@ -28,7 +28,6 @@ class TargetSpec:
     threads: int = 0
     peak_gflops: float | None = None
     notes: str = ""
-    extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if not isinstance(self.tvm, dict) or "kind" not in self.tvm:
@@ -52,9 +51,7 @@ class TargetSpec:
             raise SpecError(f"target {self.name!r}: TVM rejects {self.tvm}: {exc}") from None
 
     def to_json(self) -> dict:
-        out = asdict(self)
-        out.pop("extra")
-        return out
+        return asdict(self)
 
 
 def _flops_per_cycle(flags: set[str], mcpu: str) -> int:
