@@ -208,3 +208,14 @@ def test_search_population_follows_budget():
     assert search_strategy(16).population_size == 128
     assert search_strategy(64).population_size == 512  # MetaSchedule's own default
     assert search_strategy(1000).population_size == 512
+
+
+def test_build_after_a_complete_tune_has_no_fallbacks(tuned_db, cli, tmp_path):
+    """Every task finds its record (tune and build prepare alike), and the tuned library, with its
+    weights packed into the tuned layouts at build time, still matches PyTorch."""
+    path, _ = tuned_db
+    result = cli("build", "--model", "tinyconv", "--res", "32", "--db", path, "--out", tmp_path / "art")
+    assert result.exit_code == 0, result.output
+    assert "32x32: 6 tuned, 0 fallback" in result.output
+    (entry,) = json.loads((tmp_path / "art" / "manifest.json").read_text())["artifacts"]
+    assert (entry["tuned"], entry["fallback"], entry["verification"]) == (6, 0, "verified")

@@ -341,6 +341,69 @@ def tune(model, onnx_file, res, target, trials, trials_per_task, batch, weights,
     _print_summary(path, name, sides, batch, database.short_target(database.target_key(target_obj)))
 
 
+# -------------------------------------------------------------------- build
+@main.command()
+@_model_options
+@click.option("--res", "res", required=True, help=RES_HELP)
+@click.option("--target", "-t", "target", default="host", show_default=True,
+              help="Preset (tunekit targets), a targets/*.json file, or a TVM target dict as JSON.")
+@click.option("--out", "out", type=click.Path(file_okay=False),
+              help="Output directory [default: artifacts/<model>-<target>].")
+@click.option("--batch", default=1, show_default=True, type=click.IntRange(1, 1024))
+@click.option("--weights", type=click.Path(dir_okay=False), help="A state_dict file (zoo models).")
+@click.option("--db", "db_path", type=click.Path(dir_okay=False),
+              help="Tuning database [default: $TUNEKIT_DB or tuning_logs/tunekit.db].")
+def build(model, onnx_file, res, target, out, batch, weights, db_path):
+    """Build one verified library per resolution from the tuning database.
+
+    Every task takes its best tuned schedule; a task with no record gets a
+    default schedule and is counted as a fallback. Weights are transformed to
+    the tuned layouts once, here, so the library's entry point takes only the
+    image. Each library is run on a random input and compared with PyTorch (or
+    the ONNX graph) before it is written; OUT/manifest.json describes them all.
+    Load them with tunekit.load(DIR) or tunekit.load_bundle(DIR).
+
+    \b
+    Examples:
+      tunekit build --model resnet18 --res 112..448 --target host --out artifacts/r18
+      tunekit build --model resnet18 --res 224 --target cuda-sm90 --out artifacts/r18-h200
+    """
+    from pathlib import Path
+
+    from tunekit import build as building
+    from tunekit import database, frontend
+    from tunekit.keys import Key, model_name_for
+    from tunekit.targets import resolve_target
+
+    _one_source(model, onnx_file)
+    sides = _sides(res, model)
+    spec = resolve_target(target)
+    name = model or model_name_for(onnx_file)
+    out_dir = Path(out or f"artifacts/{name}-{spec.name}")
+    building.check_out_dir(out_dir)
+    if onnx_file:
+        from tunekit import onnxutil
+
+        onnxutil.load(onnx_file)
+    path = database.resolve_path(db_path)
+    db = database.open_database(path, spec.tvm_target()) if path.is_file() else None
+    click.echo(f"building {model or onnx_file} at {', '.join(map(str, sides))} (batch {batch}) for {spec.name}: "
+               f"{json.dumps(spec.tvm)}")
+    click.echo(f"schedules from {path}" if db else f"no tuning database at {path}: every task gets a default schedule")
+
+    def done(b):
+        h, w = b.key.height, b.key.width
+        check = (f"max |err| {b.max_abs_err:.2g} <= {b.tolerance:.2g}, load {b.load_ms:.0f} ms, "
+                 f"first run {b.first_run_ms:.1f} ms" if b.max_abs_err is not None else b.verification)
+        click.echo(f"  {h}x{w}: {len(b.tuned)} tuned, {len(b.fallback)} fallback; compiled in {b.compile_s:.1f}s; "
+                   f"{check} -> {b.path}")
+
+    keys = [Key(name, s, s, batch) for s in sides]
+    building.build(spec, keys, lambda k: frontend.onnx_graph(k, model=model, onnx_file=onnx_file, weights=weights),
+                   building.reference_for(model, onnx_file, weights), db, out_dir, on_done=done)
+    click.echo(f"manifest: {out_dir / 'manifest.json'}")
+
+
 def _print_summary(path, model, sides, batch, target_label):
     from tunekit import database
 

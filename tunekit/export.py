@@ -170,4 +170,5 @@ def _write_manifest(out: Path, model: str, source: str, results: list[ExportResu
                 "exports": sorted(entries.values(), key=lambda e: (e["model"], e["resolution"], e["batch"]))}
     with tempfile.NamedTemporaryFile("w", dir=out, suffix=".tmp", delete=False) as f:
         json.dump(manifest, f, indent=2)
+    os.chmod(f.name, 0o644)
     os.replace(f.name, path)

@@ -18,7 +18,7 @@ from tunekit.keys import Key
 
 
 @functools.lru_cache(maxsize=1)
-def _zoo_model(model: str, weights: str | None):
+def zoo_model(model: str, weights: str | None):
     from tunekit.models import create_model
 
     return create_model(model, weights)
@@ -32,7 +32,7 @@ def onnx_graph(key: Key, model: str | None = None, onnx_file: str | None = None,
     if model:
         from tunekit.export import torch_to_onnx
 
-        return torch_to_onnx(_zoo_model(model, weights), key)
+        return torch_to_onnx(zoo_model(model, weights), key)
     return onnxutil.specialise(onnxutil.load(onnx_file), key.batch, key.height, key.width)
 
 

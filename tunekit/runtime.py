@@ -1,6 +1,28 @@
-"""Probes of the machine that never raise."""
+"""Load and run built artifacts: needs TVM's runtime and numpy only (no torch, no compiler).
+
+``tunekit build`` writes one library per resolution and a ``manifest.json``
+describing them. Loading reads the manifest first and refuses, with a clear
+error, a library whose bytes no longer match their sha256, a library built by
+another TVM version or for a device or instruction set this machine lacks, and
+inputs of the wrong shape or dtype.
+"""
 
 from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+
+from tunekit.errors import TunekitError
+
+MANIFEST = "manifest.json"
+MANIFEST_KIND = "tunekit-artifacts"
+
+
+class ArtifactError(TunekitError):
+    """An artifact that cannot be loaded or run here, or an input it cannot take."""
 
 
 def has_cuda() -> bool:
@@ -11,3 +33,199 @@ def has_cuda() -> bool:
         return bool(tvm.cuda(0).exist)
     except Exception:  # no driver, no runtime: just "no"
         return False
+
+
+def sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_manifest(directory: str | Path) -> dict:
+    path = Path(directory) / MANIFEST
+    if not path.is_file():
+        raise ArtifactError(f"{directory}: no {MANIFEST}; build artifacts with `tunekit build ... --out {directory}`")
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ArtifactError(f"{path}: not valid JSON ({exc})") from None
+    if manifest.get("kind") != MANIFEST_KIND:
+        raise ArtifactError(f"{path}: not a tunekit artifact manifest")
+    return manifest
+
+
+def _missing_cpu_features(target: dict) -> list[str]:
+    """ISA features the artifact's LLVM target uses that this CPU does not have."""
+    import tvm
+    from tvm.target import codegen
+
+    host_triple = codegen.llvm_get_system_triple()
+    triple = target.get("mtriple", host_triple)
+    if triple.split("-")[0] != host_triple.split("-")[0]:
+        return [f"architecture {triple.split('-')[0]}"]
+    if "mcpu" not in target and "mattr" not in target:
+        return []
+    wanted = {str(f) for f in codegen.llvm_get_cpu_features(tvm.target.Target(target))}
+    have = {str(f) for f in codegen.llvm_get_cpu_features(
+        tvm.target.Target({"kind": "llvm", "mcpu": codegen.llvm_get_system_cpu()}))}
+    return sorted(wanted - have)
+
+
+def check_compatible(entry: dict) -> None:
+    """Raise ArtifactError unless this machine and TVM can run the artifact described by ``entry``."""
+    import tvm
+
+    name = entry["file"]
+    if entry["tvm_version"] != tvm.__version__:
+        raise ArtifactError(f"{name} was built with TVM {entry['tvm_version']}, this is TVM {tvm.__version__};"
+                            " rebuild it with `tunekit build`")
+    target = entry["target"]
+    kind = target["kind"]
+    if kind == "cuda":
+        if not has_cuda():
+            raise ArtifactError(f"{name} was built for CUDA ({target.get('arch', '?')}) and this machine has no"
+                                " usable GPU; build for a CPU target instead")
+        arch = target.get("arch", "")
+        have = "sm_" + tvm.cuda(0).compute_version.replace(".", "")
+        if arch and arch != have:
+            raise ArtifactError(f"{name} was built for {arch}, this GPU is {have}; rebuild with a matching target")
+    elif kind == "llvm":
+        missing = _missing_cpu_features(target)
+        if missing:
+            raise ArtifactError(f"{name} was built for {target.get('mcpu', target.get('mtriple'))}; this CPU lacks "
+                                f"{', '.join(missing[:6])}{' ...' if len(missing) > 6 else ''}")
+    else:
+        raise ArtifactError(f"{name}: artifacts for target kind {kind!r} cannot be loaded by tunekit")
+
+
+class Artifact:
+    """One built library: ``run(image) -> output`` at a fixed resolution."""
+
+    def __init__(self, path: Path, entry: dict):
+        import tvm
+        from tvm.runtime.vm import VirtualMachine
+
+        self.path = path
+        self.entry = entry
+        self.model: str = entry["model"]
+        self.resolution: tuple[int, int] = tuple(entry["resolution"])
+        self.batch: int = entry["batch"]
+        self.target: dict = entry["target"]
+        self.input = entry["input"]
+        self.output = entry["output"]
+        self.device = tvm.cuda(0) if self.target["kind"] == "cuda" else tvm.cpu(0)
+        self._vm = VirtualMachine(tvm.runtime.load_module(str(path)), self.device)
+        self._main = self._vm["main"]
+
+    def __repr__(self) -> str:
+        h, w = self.resolution
+        return f"Artifact({self.model} {h}x{w} b{self.batch}, {self.target['kind']}, {self.path.name})"
+
+    def check_input(self, image: np.ndarray) -> None:
+        if not isinstance(image, np.ndarray):
+            raise ArtifactError(f"input must be a numpy array, got {type(image).__name__}")
+        want_shape, want_dtype = tuple(self.input["shape"]), self.input["dtype"]
+        if image.dtype != np.dtype(want_dtype):
+            raise ArtifactError(f"{self.path.name} takes {want_dtype} input, got {image.dtype}")
+        if tuple(image.shape) != want_shape:
+            raise ArtifactError(f"{self.path.name} takes input of shape {list(want_shape)}, got {list(image.shape)}")
+
+    def run(self, image: np.ndarray) -> np.ndarray:
+        """Run on ``image`` (exactly the built shape and dtype); returns the output as numpy."""
+        import tvm
+
+        self.check_input(image)
+        out = self._main(tvm.runtime.tensor(np.ascontiguousarray(image), self.device))
+        return out.numpy()
+
+
+def load(path: str | Path, file: str | None = None) -> Artifact:
+    """Load one artifact: a library file, or a directory holding exactly one (else name it with ``file``)."""
+    path = Path(path)
+    if path.is_file():
+        directory, file = path.parent, path.name
+    elif path.is_dir():
+        directory = path
+    else:
+        raise ArtifactError(f"{path}: no such file or directory")
+    entries = read_manifest(directory)["artifacts"]
+    if file is None:
+        if len(entries) != 1:
+            names = ", ".join(e["file"] for e in entries)
+            raise ArtifactError(f"{directory} holds {len(entries)} artifacts ({names}); name one, or use load_bundle")
+        file = entries[0]["file"]
+    entry = next((e for e in entries if e["file"] == file), None)
+    if entry is None:
+        raise ArtifactError(f"{file} is not listed in {directory / MANIFEST}")
+    library = directory / file
+    if not library.is_file():
+        raise ArtifactError(f"{library}: listed in the manifest but missing")
+    if sha256(library) != entry["sha256"]:
+        raise ArtifactError(f"{library}: sha256 does not match the manifest (corrupted or replaced); rebuild it")
+    check_compatible(entry)
+    return Artifact(library, entry)
+
+
+def resize_bilinear(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Resize an NCHW batch with bilinear interpolation (half-pixel centres, as torch's align_corners=False)."""
+    n, c, h, w = image.shape
+    if (h, w) == (height, width):
+        return image
+
+    def axis(size_in, size_out):
+        pos = (np.arange(size_out, dtype=np.float64) + 0.5) * size_in / size_out - 0.5
+        pos = np.clip(pos, 0, size_in - 1)
+        lo = np.floor(pos).astype(np.int64)
+        hi = np.minimum(lo + 1, size_in - 1)
+        return lo, hi, (pos - lo)
+
+    y0, y1, fy = axis(h, height)
+    x0, x1, fx = axis(w, width)
+    fy = fy[:, None].astype(image.dtype)
+    fx = fx[None, :].astype(image.dtype)
+    top = image[:, :, y0][:, :, :, x0] * (1 - fx) + image[:, :, y0][:, :, :, x1] * fx
+    bottom = image[:, :, y1][:, :, :, x0] * (1 - fx) + image[:, :, y1][:, :, :, x1] * fx
+    return (top * (1 - fy) + bottom * fy).astype(image.dtype)
+
+
+class Bundle:
+    """All resolutions of one model: ``run(image)`` sends an image of any HxW to the nearest built one."""
+
+    def __init__(self, artifacts: list[Artifact]):
+        self.artifacts = sorted(artifacts, key=lambda a: a.resolution[0] * a.resolution[1])
+        self.model = artifacts[0].model
+        self.resolutions = [a.resolution for a in self.artifacts]
+
+    def __repr__(self) -> str:
+        sides = ", ".join(f"{h}x{w}" for h, w in self.resolutions)
+        return f"Bundle({self.model}: {sides})"
+
+    def route(self, height: int, width: int) -> Artifact:
+        """The artifact whose resolution is nearest in pixel count (log scale); ties go to the larger."""
+        import math
+
+        return min(reversed(self.artifacts),
+                   key=lambda a: abs(math.log(height * width / (a.resolution[0] * a.resolution[1]))))
+
+    def run(self, image: np.ndarray) -> np.ndarray:
+        if not isinstance(image, np.ndarray) or image.ndim != 4:
+            raise ArtifactError("bundle input must be a 4-D NCHW numpy array")
+        artifact = self.route(image.shape[2], image.shape[3])
+        h, w = artifact.resolution
+        return artifact.run(resize_bilinear(image, h, w))
+
+
+def load_bundle(directory: str | Path, model: str | None = None) -> Bundle:
+    """Load every artifact of ``model`` (required when the directory holds several models) in ``directory``."""
+    entries = read_manifest(directory)["artifacts"]
+    models = sorted({e["model"] for e in entries})
+    if model is None:
+        if len(models) != 1:
+            raise ArtifactError(f"{directory} holds artifacts of {', '.join(models)}; pass model=")
+        model = models[0]
+    chosen = [e for e in entries if e["model"] == model]
+    if not chosen:
+        raise ArtifactError(f"{directory} has no artifacts of {model!r} (it has {', '.join(models)})")
+    return Bundle([load(directory, e["file"]) for e in chosen])

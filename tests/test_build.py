@@ -1,0 +1,187 @@
+"""tunekit build and the runtime API on the tiny conv net: real compiles, real runs, real PyTorch."""
+
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+import tunekit
+from tunekit.models import create_model
+from tunekit.runtime import ArtifactError, has_cuda, resize_bilinear
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """tinyconv at 32 and 48 for the host, no tuning records: every task takes its fallback schedule."""
+    from click.testing import CliRunner
+
+    from tunekit.cli import main
+
+    root = tmp_path_factory.mktemp("build")
+    out = root / "art"
+    result = CliRunner().invoke(main, ["build", "--model", "tinyconv", "--res", "32,48", "--out", str(out),
+                                       "--db", str(root / "none.db")], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return out, result.output
+
+
+def _copy(built, tmp_path):
+    out = tmp_path / "copy"
+    shutil.copytree(built[0], out)
+    return out
+
+
+def _reference(x):
+    net = create_model("tinyconv", None).eval()
+    with torch.inference_mode():
+        return net(torch.from_numpy(x)).numpy()
+
+
+def test_build_writes_verified_libraries_and_manifest(built):
+    out, output = built
+    assert "32x32: 0 tuned, 6 fallback" in output and "48x48: 0 tuned, 6 fallback" in output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["kind"] == "tunekit-artifacts"
+    entries = {e["file"]: e for e in manifest["artifacts"]}
+    assert set(entries) == {"tinyconv-32x32-b1.host.so", "tinyconv-48x48-b1.host.so"}
+    e = entries["tinyconv-48x48-b1.host.so"]
+    assert e["resolution"] == [48, 48] and e["batch"] == 1 and e["target"]["kind"] == "llvm"
+    assert e["input"] == {"name": "input", "shape": [1, 3, 48, 48], "dtype": "float32"}
+    assert e["output"]["shape"] == [1, 10]
+    assert (e["tasks"], e["tuned"], e["fallback"]) == (6, 0, 6)
+    assert e["verification"] == "verified" and e["max_abs_err"] <= e["tolerance"]
+    assert len(e["sha256"]) == 64 and e["tvm_version"]
+    assert not list(out.glob("*.tmp*"))
+
+
+@pytest.mark.parametrize("side", [32, 48])
+def test_loaded_artifact_matches_pytorch(built, side):
+    artifact = tunekit.load(built[0] / f"tinyconv-{side}x{side}-b1.host.so")
+    assert artifact.resolution == (side, side) and artifact.target["kind"] == "llvm"
+    x = np.random.default_rng(7).standard_normal((1, 3, side, side), dtype=np.float32)
+    np.testing.assert_allclose(artifact.run(x), _reference(x), rtol=1e-4, atol=1e-4)
+
+
+def test_wrong_shape_and_dtype_are_refused(built):
+    artifact = tunekit.load(built[0] / "tinyconv-32x32-b1.host.so")
+    with pytest.raises(ArtifactError, match=r"shape \[1, 3, 32, 32\], got \[1, 3, 48, 48\]"):
+        artifact.run(np.zeros((1, 3, 48, 48), np.float32))
+    with pytest.raises(ArtifactError, match="float32 input, got float64"):
+        artifact.run(np.zeros((1, 3, 32, 32)))
+
+
+def test_corrupted_library_is_refused(built, tmp_path):
+    out = _copy(built, tmp_path)
+    lib = out / "tinyconv-32x32-b1.host.so"
+    data = bytearray(lib.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    lib.write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match="sha256 does not match"):
+        tunekit.load(lib)
+    tunekit.load(out / "tinyconv-48x48-b1.host.so")  # the other one still loads
+
+
+def _edit_manifest(out, **changes):
+    path = out / "manifest.json"
+    manifest = json.loads(path.read_text())
+    for e in manifest["artifacts"]:
+        e.update(changes)
+    path.write_text(json.dumps(manifest))
+
+
+def test_other_isa_and_tvm_version_are_refused(built, tmp_path):
+    out = _copy(built, tmp_path)
+    _edit_manifest(out, target={"kind": "llvm", "mcpu": "sapphirerapids"})  # AMX: no AMD CPU has it
+    with pytest.raises(ArtifactError, match="built for sapphirerapids; this CPU lacks .*amx"):
+        tunekit.load(out / "tinyconv-32x32-b1.host.so")
+    _edit_manifest(out, target={"kind": "llvm", "mtriple": "aarch64-linux-gnu"})
+    with pytest.raises(ArtifactError, match="lacks architecture aarch64"):
+        tunekit.load(out / "tinyconv-32x32-b1.host.so")
+    _edit_manifest(out, target={"kind": "llvm"}, tvm_version="0.19.0")
+    with pytest.raises(ArtifactError, match="built with TVM 0.19.0"):
+        tunekit.load(out / "tinyconv-32x32-b1.host.so")
+
+
+def test_load_of_a_directory_needs_one_artifact(built):
+    with pytest.raises(ArtifactError, match="holds 2 artifacts"):
+        tunekit.load(built[0])
+
+
+def test_bundle_routes_to_the_nearest_resolution(built):
+    bundle = tunekit.load_bundle(built[0])
+    assert bundle.resolutions == [(32, 32), (48, 48)]
+    assert bundle.route(30, 30).resolution == (32, 32)
+    assert bundle.route(40, 40).resolution == (48, 48)  # nearer in pixel count (log scale)
+    assert bundle.route(64, 64).resolution == (48, 48)
+    x = np.random.default_rng(3).standard_normal((1, 3, 37, 41), dtype=np.float32)
+    resized = torch.nn.functional.interpolate(torch.from_numpy(x), size=(32, 32), mode="bilinear",
+                                              align_corners=False).numpy()
+    np.testing.assert_allclose(resize_bilinear(x, 32, 32), resized, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(bundle.run(x), _reference(resized), rtol=1e-4, atol=1e-4)
+
+
+def test_runs_in_a_process_without_torch_or_tunekit(built, tmp_path):
+    """What a deployment needs: tvm's runtime, numpy and the manifest; torch and tunekit cannot be imported."""
+    out = built[0]
+    x = np.random.default_rng(5).standard_normal((1, 3, 48, 48), dtype=np.float32)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "want.npy", _reference(x))
+    script = textwrap.dedent(f"""
+        import importlib.abc, json, sys
+        class Block(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path, target=None):
+                if name.split(".")[0] in ("torch", "tunekit", "onnx"):
+                    raise ImportError(f"{{name}} is not available in this deployment")
+        sys.meta_path.insert(0, Block())
+        import numpy as np
+        import tvm.runtime
+        from tvm.runtime.vm import VirtualMachine
+        out = {str(out)!r}
+        entry = next(e for e in json.load(open(out + "/manifest.json"))["artifacts"] if e["resolution"] == [48, 48])
+        vm = VirtualMachine(tvm.runtime.load_module(out + "/" + entry["file"]), tvm.cpu())
+        got = vm["main"](tvm.runtime.tensor(np.load({str(tmp_path / "x.npy")!r}))).numpy()
+        np.testing.assert_allclose(got, np.load({str(tmp_path / "want.npy")!r}), rtol=1e-4, atol=1e-4)
+        assert not any(m.split(".")[0] in ("torch", "tunekit") for m in sys.modules)
+        print("ok", got.shape)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "ok (1, 10)" in done.stdout
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed: cannot compile CUDA here")
+def test_cuda_sm90_builds_without_a_gpu(cli, tmp_path):
+    result = cli("build", "--model", "tinyconv", "--res", "32", "--target", "cuda-sm90", "--out", tmp_path / "cuda",
+                 "--db", tmp_path / "none.db")
+    assert result.exit_code == 0, result.output
+    (entry,) = json.loads((tmp_path / "cuda" / "manifest.json").read_text())["artifacts"]
+    assert entry["target"]["arch"] == "sm_90" and entry["fallback"] == 6
+    lib = tmp_path / "cuda" / entry["file"]
+    assert lib.stat().st_size > 10_000
+    if has_cuda():
+        assert entry["verification"] == "verified"
+    else:
+        assert entry["verification"] == "not verified: no GPU" and "not verified: no GPU" in result.output
+        with pytest.raises(ArtifactError, match="built for CUDA .* no usable GPU"):
+            tunekit.load(lib)
+
+
+def test_bad_build_inputs(cli, tmp_path):
+    afile = tmp_path / "f"
+    afile.write_text("x")
+    result = cli("build", "--model", "tinyconv", "--res", "32", "--out", afile)
+    assert result.exit_code == 2 and "is a file" in result.output
+    other = tmp_path / "exports"
+    other.mkdir()
+    (other / "manifest.json").write_text('{"kind": "tunekit-onnx-export"}')
+    result = cli("build", "--model", "tinyconv", "--res", "32", "--out", other)
+    assert result.exit_code == 2 and "not tunekit's artifact manifest" in result.output
+    result = cli("build", "--model", "tinyconv", "--res", "32", "--target", "nope", "--out", tmp_path / "o")
+    assert result.exit_code == 2
+    with pytest.raises(ArtifactError, match="no manifest.json"):
+        tunekit.load_bundle(tmp_path)

@@ -1,0 +1,246 @@
+"""Build deployable libraries from the tuning database, one per resolution, verified.
+
+The flow for each resolution:
+
+1. ``frontend.prepare``, exactly as tuning did, so database keys match.
+2. Bind the weights and fold: the weight-only work (bias reshapes, weight
+   transposes) runs once, here, on the build host.
+3. Apply the database's best schedule to every task; count tuned and fallback.
+4. ``fallback.apply`` gives the remaining functions default schedules.
+5. On CPUs, split the tuned schedules' weight-layout rewrites out and fold them
+   too, so the packed weights are constants of the library and the entry point
+   takes only the image.
+6. Compile, ``export_library`` to a temporary file, load it through the same
+   runtime path users take, run it on a seeded random input and compare with
+   the PyTorch model (zoo) or the ONNX graph (``--onnx``). Only a library that
+   matches is moved into place and entered in ``manifest.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from tunekit.errors import TunekitError
+from tunekit.keys import Key
+from tunekit.runtime import MANIFEST, MANIFEST_KIND, ArtifactError, Artifact, has_cuda, sha256
+from tunekit.targets import TargetSpec
+
+# Outputs must agree within ATOL + RTOL * max|reference|. Looser than export's
+# 1e-4: tuned schedules reorder float32 reductions (measured max error on
+# ResNet-18: ~1e-6 relative).
+ATOL = 1e-3
+RTOL = 1e-3
+
+
+class BuildError(TunekitError):
+    """A model that cannot be compiled for the target, or whose library does not match its reference."""
+
+
+@dataclass
+class Built:
+    """One library and what went into it."""
+
+    key: Key
+    path: Path
+    tuned: list[str]
+    fallback: list[str]
+    verification: str
+    max_abs_err: float | None
+    tolerance: float | None
+    compile_s: float
+    load_ms: float | None
+    first_run_ms: float | None
+
+    def to_entry(self, spec: TargetSpec, inputs, outputs, file: Path | None = None) -> dict:
+        """The manifest entry, for ``file`` (default: the library's final path)."""
+        import tvm
+
+        file = file or self.path
+        return {"file": file.name, "model": self.key.model, "resolution": [self.key.height, self.key.width],
+                "batch": self.key.batch, "target_name": spec.name, "target": spec.tvm,
+                "tvm_version": tvm.__version__, "input": inputs, "output": outputs,
+                "tasks": len(self.tuned) + len(self.fallback), "tuned": len(self.tuned),
+                "fallback": len(self.fallback), "fallback_tasks": self.fallback,
+                "verification": self.verification, "max_abs_err": self.max_abs_err, "tolerance": self.tolerance,
+                "load_ms": self.load_ms, "first_run_ms": self.first_run_ms,
+                "sha256": sha256(file), "built": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+def artifact_name(key: Key, spec: TargetSpec) -> str:
+    return f"{key}.{spec.name}.so"
+
+
+def _primfuncs(mod) -> dict:
+    import tvm
+
+    return {gv.name_hint: f for gv, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc)}
+
+
+def _fold(mod, target):
+    """Evaluate every call whose arguments are all constants (on the build host) and drop dead functions."""
+    from tvm import relax
+
+    with target:
+        mod = relax.transform.FoldConstant()(mod)
+        return relax.transform.DeadCodeElimination(["main"])(mod)
+
+
+def compile_module(graph, spec: TargetSpec, db) -> tuple[object, list[str], list[str]]:
+    """Compile one static-shape graph: returns (executable, tuned task names, fallback task names)."""
+    import tvm
+    from tvm import relax
+
+    from tunekit import fallback, frontend
+
+    target = spec.tvm_target()
+    mod, params = frontend.to_relax(graph)
+    prepared = frontend.prepare(mod, target)
+    weights = list(prepared["main"].params)[1:]
+    mod = relax.transform.BindParams("main", dict(zip(weights, params)))(prepared)
+    mod = _fold(mod, target)
+    tasks = set(_primfuncs(mod))
+    if db is not None:
+        with target, db:
+            mod = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
+    tuned = sorted(n for n, f in _primfuncs(mod).items() if n in tasks and f.attrs.get(fallback.IS_SCHEDULED))
+    mod, _ = fallback.apply(mod, target)
+    if spec.kind == "llvm":
+        with target:
+            mod = relax.transform.SplitLayoutRewritePreproc()(mod)
+        mod = _fold(mod, target)
+    try:
+        executable = tvm.compile(mod, target=target)
+    except Exception as exc:  # TVM's codegen raises TVMError / RuntimeError subclasses
+        raise BuildError(f"TVM cannot compile for {spec.name}: {str(exc).strip().splitlines()[-1]}") from None
+    return executable, tuned, sorted(tasks - set(tuned))
+
+
+def _write_manifest(out: Path, entries: list[dict]) -> None:
+    """Merge ``entries`` into ``out/manifest.json`` by file name, atomically."""
+    path = out / MANIFEST
+    manifest = json.loads(path.read_text()) if path.is_file() else {}
+    merged = {e["file"]: e for e in manifest.get("artifacts", [])}
+    merged.update({e["file"]: e for e in entries})
+    manifest = {"kind": MANIFEST_KIND,
+                "artifacts": sorted(merged.values(), key=lambda e: (e["model"], e["resolution"], e["file"]))}
+    with tempfile.NamedTemporaryFile("w", dir=out, suffix=".tmp", delete=False) as f:
+        json.dump(manifest, f, indent=2)
+    os.chmod(f.name, 0o644)
+    os.replace(f.name, path)
+
+
+def sample_input(shape, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal(shape, dtype=np.float32)
+
+
+def _verify(key: Key, library: Path, entry: dict, reference: Callable[[np.ndarray], np.ndarray]):
+    """Load ``library`` as users will and compare it with ``reference``: (max_err, tol, load_ms, first_run_ms)."""
+    t0 = time.perf_counter()
+    artifact = Artifact(library, entry)
+    load_ms = (time.perf_counter() - t0) * 1e3
+    x = sample_input(entry["input"]["shape"])
+    t0 = time.perf_counter()
+    got = artifact.run(x)
+    first_run_ms = (time.perf_counter() - t0) * 1e3
+    want = np.asarray(reference(x), dtype=np.float64)
+    if got.shape != want.shape:
+        raise BuildError(f"{key}: output shape {list(got.shape)} differs from the reference's {list(want.shape)}")
+    err = float(np.max(np.abs(got - want)))
+    tol = ATOL + RTOL * float(np.max(np.abs(want)))
+    if not err <= tol:  # also catches NaN
+        raise BuildError(f"{key}: built library differs from the reference by {err:.3g} (tolerance {tol:.3g});"
+                         " not written")
+    return err, tol, load_ms, first_run_ms
+
+
+def build(spec: TargetSpec, keys: list[Key], graph_of: Callable[[Key], object],
+          reference_of: Callable[[Key], Callable[[np.ndarray], np.ndarray]], db, out_dir: str | Path,
+          on_done: Callable[[Built], None] | None = None) -> list[Built]:
+    """Build, verify and enter into ``out_dir/manifest.json`` one library per key.
+
+    ``db`` is an open tuning database bound to ``spec``'s target (or None: all
+    fallback). GPU libraries are verified only when a GPU is present.
+    """
+    from tunekit import onnxutil
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    runnable = not spec.is_gpu or has_cuda()
+    results = []
+    for key in keys:
+        graph = graph_of(key)
+        t0 = time.perf_counter()
+        executable, tuned, fallbacks = compile_module(graph, spec, db)
+        compile_s = time.perf_counter() - t0
+        path = out / artifact_name(key, spec)
+        tmp = path.with_name(path.name + ".tmp.so")
+        executable.export_library(str(tmp))
+        inputs = [i.to_json() for i in onnxutil.graph_inputs(graph)]
+        outputs = [o.to_json() for o in onnxutil.graph_outputs(graph)]
+        if len(inputs) != 1 or len(outputs) != 1:
+            tmp.unlink()
+            raise BuildError(f"{key}: tunekit builds models with one input and one output"
+                             f" (this one has {len(inputs)} and {len(outputs)})")
+        built = Built(key, path, tuned, fallbacks, "not verified: no GPU", None, None, compile_s, None, None)
+        if runnable:
+            entry = built.to_entry(spec, inputs[0], outputs[0], tmp)
+            try:
+                err, tol, load_ms, first_ms = _verify(key, tmp, entry, reference_of(key))
+            except (BuildError, ArtifactError):
+                tmp.unlink()
+                raise
+            built.verification = "verified"
+            built.max_abs_err, built.tolerance, built.load_ms, built.first_run_ms = err, tol, load_ms, first_ms
+        os.replace(tmp, path)
+        _write_manifest(out, [built.to_entry(spec, inputs[0], outputs[0])])
+        results.append(built)
+        if on_done:
+            on_done(built)
+    return results
+
+
+def reference_for(model: str | None, onnx_file: str | None, weights: str | None):
+    """``key -> (image -> output)``: the PyTorch model for zoo models, the ONNX graph otherwise."""
+    def zoo(key: Key):
+        import torch
+
+        from tunekit.frontend import zoo_model
+
+        net = zoo_model(model, weights)
+
+        def run(x):
+            with torch.inference_mode():
+                return net(torch.from_numpy(x)).numpy()
+        return run
+
+    def graph(key: Key):
+        from tunekit import onnxutil
+        from tunekit.frontend import onnx_graph
+
+        static = onnx_graph(key, onnx_file=onnx_file)
+        name = onnxutil.graph_inputs(static)[0].name
+        return lambda x: onnxutil.run(static, {name: x})[0]
+
+    return zoo if model else graph
+
+
+def check_out_dir(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise BuildError(f"--out {out}: exists and is not a directory")
+    manifest = out / MANIFEST
+    if manifest.is_file():
+        try:
+            kind = json.loads(manifest.read_text()).get("kind")
+        except json.JSONDecodeError:
+            kind = None
+        if kind != MANIFEST_KIND:
+            raise BuildError(f"--out {out}: holds a {MANIFEST} that is not tunekit's artifact manifest;"
+                             " choose another directory")
