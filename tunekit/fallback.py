@@ -88,13 +88,12 @@ def heuristic_decisions(trace) -> dict:
     return decisions
 
 
-def _cpu_schedule(func, target, name: str):
-    """A scheduled copy of ``func`` (a PrimFunc), or None."""
-    import tvm
+def cpu_schedule(mod, target, name: str):
+    """The default CPU schedule of a one-function IRModule as a MetaSchedule ``Schedule`` (with its
+    trace, so it can be measured and stored like any tuning candidate), or None."""
     from tvm.s_tir import Schedule
     from tvm.s_tir import meta_schedule as ms
 
-    mod = tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
     ctx = ms.TuneContext(mod=mod, target=target, space_generator="post-order-apply", task_name=name,
                          rand_state=0, num_threads=1)
     postprocs = ctx.space_generator.postprocs
@@ -107,12 +106,12 @@ def _cpu_schedule(func, target, name: str):
         try:
             trace.apply_to_schedule(sch, remove_postproc=True)
             if all(p.apply(sch) for p in postprocs):
-                return sch.mod["main"]
+                return sch
         except Exception as exc:  # a decision the schedule primitives reject
             log.info("%s: heuristic schedule rejected (%s); using the sampled one", name, exc)
     for space in spaces:
         if all(p.apply(space) for p in postprocs):
-            return space.mod["main"]
+            return space
     return None
 
 
@@ -134,11 +133,11 @@ def apply(mod, target) -> tuple[object, list[str]]:
     for gv, func in mod.functions.items():
         if not isinstance(func, tvm.tirx.PrimFunc) or func.attrs.get(IS_SCHEDULED):
             continue
-        scheduled = _cpu_schedule(func, target, gv.name_hint)
-        if scheduled is None:
+        sch = cpu_schedule(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target, gv.name_hint)
+        if sch is None:
             log.warning("%s: no default schedule applies; compiled unscheduled", gv.name_hint)
             continue
-        updates[gv] = scheduled.with_attr("global_symbol", gv.name_hint).with_attr(IS_SCHEDULED, True)
+        updates[gv] = sch.mod["main"].with_attr("global_symbol", gv.name_hint).with_attr(IS_SCHEDULED, True)
         done.append(gv.name_hint)
     for gv, func in updates.items():
         mod[gv] = func

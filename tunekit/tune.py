@@ -299,6 +299,39 @@ def make_runner(spec: TargetSpec, measurement: Measurement, rpc: tuple[str, int,
     return ms.runner.RPCRunner(rpc_config=rpc_config, evaluator_config=config, max_workers=servers)
 
 
+def measure_default(db, task: PlannedTask, target, builder, runner) -> bool:
+    """Measure the task's default schedule (``fallback.cpu_schedule``) and store it, source 'default'.
+
+    Done before searching a task with no records: the evolutionary search seeds
+    its population with the database's best, so the tuned result is never worse
+    than what an untuned build would get. Returns whether a record was stored.
+    """
+    from tvm.s_tir import meta_schedule as ms
+
+    from tunekit import fallback
+
+    sch = fallback.cpu_schedule(task.mod, target, task.name)
+    if sch is None:
+        return False
+    args_info = ms.arg_info.ArgInfo.from_entry_func(sch.mod, remove_preproc=True)
+    (built,) = builder.build([ms.builder.BuilderInput(sch.mod, target)])
+    if built.error_msg:
+        db.note_failure(task.wid, "build", "default schedule: " + str(built.error_msg))
+        return False
+    (future,) = runner.run([ms.runner.RunnerInput(built.artifact_path, "cpu", args_info)])
+    result = future.result()
+    if result.error_msg:
+        db.note_failure(task.wid, "run", "default schedule: " + str(result.error_msg))
+        return False
+    source, db.source = db.source, "default"
+    try:
+        db.commit_tuning_record(ms.database.TuningRecord(sch.trace, db.commit_workload(task.mod),
+                                                         result.run_secs, target, args_info))
+    finally:
+        db.source = source
+    return True
+
+
 def tune(db, spec: TargetSpec, the_plan: Plan, log_path: Path, measurement: Measurement = Measurement(),
          rpc: tuple[str, int, str] | None = None, seed: int = 0,
          on_progress: Callable[[Progress], None] | None = None) -> TuneResult:
@@ -346,6 +379,12 @@ def tune(db, spec: TargetSpec, the_plan: Plan, log_path: Path, measurement: Meas
             if on_progress:
                 on_progress(Progress(index, len(todo), task, state["done"], total, state["failed"], None,
                                      time.time() - start))
+            if task.done == 0 and task.searchable and target.kind.name == "llvm":
+                if measure_default(db, task, target, builder, runner):
+                    task.done = db.trials(task.wid)
+                    on_batch(1, 0, db.best_sec(task.wid))
+                    if task.remaining == 0:
+                        continue
             context = ms.TuneContext(
                 mod=task.mod, target=target, space_generator="post-order-apply",
                 search_strategy=search_strategy(task.budget), task_name=task.name, logger=logging.getLogger(f"tvm.s_tir.meta_schedule.task.{task.name}"),
