@@ -69,6 +69,25 @@ def _sides(spec: str, model: str | None) -> list[int]:
     return parse_resolutions(spec, multiple_of)
 
 
+def _invocation() -> str:
+    """The current command as a shell line, rebuilt from its parsed options (defaults left out)."""
+    import shlex
+
+    ctx = click.get_current_context()
+    parts = ["tunekit", ctx.info_name]
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if value is None or value is False or value == () or value == param.default:
+            continue
+        if isinstance(param, click.Argument):
+            parts.append(str(value))
+            continue
+        flag = max(param.opts, key=len)
+        for item in (value if param.multiple else [value]):
+            parts += [flag] if value is True else [flag, str(item)]
+    return shlex.join(parts)
+
+
 RES_HELP = "Resolutions: 224, 160,224,320, 112..448 (step 56) or 112..448:32."
 
 
@@ -402,6 +421,180 @@ def build(model, onnx_file, res, target, out, batch, weights, db_path):
     building.build(spec, keys, lambda k: frontend.onnx_graph(k, model=model, onnx_file=onnx_file, weights=weights),
                    building.reference_for(model, onnx_file, weights), db, out_dir, on_done=done)
     click.echo(f"manifest: {out_dir / 'manifest.json'}")
+
+
+# -------------------------------------------------------------------- bench
+@main.command()
+@_model_options
+@click.option("--res", "res", required=True, help=RES_HELP)
+@click.option("--target", "-t", "target", default="host", show_default=True,
+              help="The CPU target the artifacts are built for (it must run on this machine).")
+@click.option("--artifacts", type=click.Path(file_okay=False),
+              help="Built artifacts to measure as 'tuned' [default: build them now from the database].")
+@click.option("--db", "db_path", type=click.Path(dir_okay=False),
+              help="Tuning database, when building [default: $TUNEKIT_DB or tuning_logs/tunekit.db].")
+@click.option("--threads", type=click.IntRange(1), help="Threads for every backend [default: the target's].")
+@click.option("--batch", default=1, show_default=True, type=click.IntRange(1, 1024))
+@click.option("--backends", help="Comma-separated subset of tuned,onednn,untuned,onnxruntime [default: all].")
+@click.option("--repeats", default=15, show_default=True, type=click.IntRange(3), help="Repeats per backend.")
+@click.option("--format", "fmt", type=click.Choice(["table", "md", "csv", "json"]), default="table",
+              show_default=True, help="What to print.")
+@click.option("--output", "outputs", multiple=True, type=click.Path(dir_okay=False),
+              help="Also write the report to FILE (.json, .md or .csv by extension); repeatable.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Draw latency and GFLOP/s to a PNG.")
+@click.option("--weights", type=click.Path(dir_okay=False), help="A state_dict file (zoo models).")
+def bench(model, onnx_file, res, target, artifacts, db_path, threads, batch, backends, repeats, fmt, outputs,
+          plot_path, weights):
+    """Measure tuned TVM against PyTorch on oneDNN per resolution (Table II, Fig. 7).
+
+    Side by side in one run, same input, same threads: the tuned artifact,
+    PyTorch eager (the faster of NCHW and channels_last, reported), TVM with no
+    tuning records, and ONNX Runtime's CPU provider when installed. Prints
+    latency (median, p10-p90), the oneDNN/tuned speedup, images/s, GFLOP/s, % of
+    the target's peak and the scaling efficiency across resolutions.
+
+    \b
+    Examples:
+      tunekit bench --model resnet18 --res 112..448 --target host
+      tunekit bench --model resnet18 --res 224 --artifacts artifacts/r18 --output r18.json --plot r18.png
+    """
+    import os
+    import shlex
+    import tempfile
+    from pathlib import Path
+
+    from tunekit import bench as benching
+    from tunekit.targets import resolve_target
+
+    _one_source(model, onnx_file)
+    chosen = benching.parse_backends(backends)
+    sides = _sides(res, model)
+    for out in outputs:
+        if Path(out).suffix not in (".json", ".md", ".csv"):
+            raise UserError(f"--output {out}: name a .json, .md or .csv file")
+    if artifacts and not Path(artifacts, "manifest.json").is_file():
+        raise UserError(f"--artifacts {artifacts}: no manifest.json there; build with `tunekit build --out {artifacts}`")
+    spec = resolve_target(target)
+    if spec.is_gpu:
+        raise UserError(f"bench compares against PyTorch on this CPU; {spec.name} is a GPU target (not supported yet)")
+    threads = threads or benching.default_threads(spec)
+    os.environ["TVM_NUM_THREADS"] = str(threads)  # read when TVM's thread pool starts
+
+    from tunekit import build as building
+    from tunekit import database, frontend, runtime
+    from tunekit.keys import Key, model_name_for
+
+    if onnx_file:
+        from tunekit import onnxutil
+
+        onnxutil.load(onnx_file)
+    name = model or model_name_for(onnx_file)
+    keys = [Key(name, s, s, batch) for s in sides]
+
+    def graph_of(key):
+        return frontend.onnx_graph(key, model=model, onnx_file=onnx_file, weights=weights)
+
+    scratch = Path(tempfile.mkdtemp(prefix="tunekit-bench-"))
+    reference = building.reference_for(model, onnx_file, weights)
+
+    def built(key, db, out):
+        file = building.artifact_name(key, spec)
+        if not (out / file).is_file():
+            building.build(spec, [key], graph_of, reference, db, out)
+        return runtime.load(out, file)
+
+    def tuned(key):
+        if artifacts:
+            file = building.artifact_name(key, spec)
+            if not Path(artifacts, file).is_file():
+                raise UserError(f"--artifacts {artifacts} has no {file}; build it with `tunekit build --model "
+                                f"{name} --res {key.height} --target {spec.name} --out {artifacts}`")
+            return runtime.load(artifacts, file)
+        path = database.resolve_path(db_path)
+        db = database.open_database(path, spec.tvm_target()) if path.is_file() else None
+        return built(key, db, scratch / "tuned")
+
+    ctx = benching.BenchContext(spec, keys, graph_of,
+                                (lambda: frontend.zoo_model(model, weights).eval()) if model else None,
+                                tuned, lambda key: built(key, None, scratch / "untuned"), threads)
+    protocol = benching.Protocol(repeats=repeats)
+    click.echo(f"bench {name} at {', '.join(map(str, sides))} (batch {batch}) on {spec.name}, {threads} threads, "
+               f"backends {', '.join(chosen)}", err=True)
+    click.echo(f"protocol: {protocol.describe()}", err=True)
+
+    def progress(row):
+        parts = [f"{b} {row[b]['median_ms']:.2f} ms" for b in benching.COLUMNS if b in row]
+        click.echo(f"  {row['height']}x{row['width']}: " + ", ".join(parts), err=True)
+
+    result = benching.run(ctx, chosen, protocol, on_row=progress)
+    report = {"model": name, "batch": batch, "command": _invocation(),
+              **benching.environment(spec, threads),
+              "protocol": {**benching.asdict(protocol), "text": protocol.describe()},
+              "rows": result["rows"], "scaling_efficiency": benching.scaling_efficiency(result["rows"]),
+              "notes": result["notes"]}
+    render = {"json": lambda: json.dumps(report, indent=2), "md": lambda: benching.to_markdown(report),
+              "csv": lambda: benching.to_csv(report)}
+    for out in outputs:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(render[Path(out).suffix[1:]]() + ("\n" if out.endswith(".json") else ""))
+    if plot_path:
+        Path(plot_path).parent.mkdir(parents=True, exist_ok=True)
+        benching.plot(report, plot_path)
+    if fmt == "table":
+        for title, header, rows in benching.tables(report):
+            _table(f"{name} on {spec.name}, {threads} threads: {title}", header, rows)
+        for k, v in report["scaling_efficiency"].items():
+            click.echo(f"scaling efficiency {k}: {v:.2f}")
+        for note in report["notes"]:
+            click.echo(f"note: {note}")
+    else:
+        click.echo(render[fmt]())
+
+
+@main.command()
+@click.argument("base", type=click.Path(exists=True, dir_okay=False))
+@click.argument("new", type=click.Path(exists=True, dir_okay=False))
+@click.option("--max-regression", default="5%", show_default=True,
+              help="Largest slowdown tolerated, e.g. 5% or 0.05.")
+@click.option("--backends", help="Comma-separated backends to compare [default: every one in both files].")
+def compare(base, new, max_regression, backends):
+    """Compare two `bench --output X.json` reports; exit 1 on a regression (CI gate).
+
+    A slowdown beyond --max-regression counts only when it is also beyond the
+    measured spread (the new p10 above the base p90); smaller or noisy changes
+    are shown, not failed.
+
+    \b
+    Example:
+      tunekit compare benchmarks/resnet18-host.json new.json --max-regression 5% --backends tuned
+    """
+    from tunekit import bench as benching
+
+    text = max_regression.strip()
+    try:
+        threshold = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    except ValueError:
+        raise UserError(f"--max-regression {max_regression!r}: expected a percentage like 5% or a fraction like 0.05")
+    if threshold < 0:
+        raise UserError("--max-regression must not be negative")
+    reports = []
+    for path in (base, new):
+        try:
+            report = json.loads(open(path).read())
+            report["rows"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise UserError(f"{path}: not a `tunekit bench --output FILE.json` report") from None
+        reports.append(report)
+    chosen = benching.parse_backends(backends) if backends else None
+    rows, regressed = benching.compare(reports[0], reports[1], threshold, chosen)
+    if not rows:
+        raise UserError("the two reports share no resolution and backend to compare")
+    _table(f"{new} against {base} (threshold {threshold:.1%})", ["res", "backend", "base ms", "new ms", "change",
+                                                                  "verdict"],
+           [[r, b, f"{o:.3f}", f"{c:.3f}", f"{ch:+.1%}", v] for r, b, o, c, ch, v in rows])
+    if regressed:
+        click.echo(f"regression beyond {threshold:.1%} and the measured spread", err=True)
+        sys.exit(1)
 
 
 def _print_summary(path, model, sides, batch, target_label):

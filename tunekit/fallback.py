@@ -105,11 +105,13 @@ def cpu_schedule(mod, target, name: str):
         sch = Schedule(mod)
         try:
             trace.apply_to_schedule(sch, remove_postproc=True)
+            sch.enter_postproc()  # marks where postprocessing starts, as MetaSchedule's own candidates do
             if all(p.apply(sch) for p in postprocs):
                 return sch
         except Exception as exc:  # a decision the schedule primitives reject
             log.info("%s: heuristic schedule rejected (%s); using the sampled one", name, exc)
     for space in spaces:
+        space.enter_postproc()
         if all(p.apply(space) for p in postprocs):
             return space
     return None
