@@ -1,6 +1,7 @@
 # Two commands do everything on a fresh machine (only Python and gcc needed):
 #   make demo   install, then tune resnet18 at 112..224 on this host and show the result
 #   make test   install, then run the test suite
+#   make bench  the reference benchmark into benchmarks/ (see benchmarks/README.md)
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -27,6 +28,15 @@ demo: install
 	$(BIN)/tunekit flops --model resnet18 --res 112..224
 	$(BIN)/tunekit tune --model resnet18 --res 112..224 --target host --trials-per-task $(DEMO_TRIALS)
 	$(BIN)/tunekit db list
+
+# The reference benchmark: resnet18 at 112..448 on this host, tuned artifacts built from
+# tuning_logs/tunekit.db (whatever tuning exists; none means default schedules), against
+# PyTorch on oneDNN, untuned TVM and ONNX Runtime. CI: make bench BENCH_OUT=/tmp/new, then
+# tunekit compare benchmarks/resnet18-host.json /tmp/new.json --max-regression 5% --backends tuned
+BENCH_OUT ?= benchmarks/resnet18-host
+bench: install
+	$(BIN)/tunekit bench --model resnet18 --res 112..448 --target host \
+		--output $(BENCH_OUT).json --output $(BENCH_OUT).md --plot $(BENCH_OUT).png
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
