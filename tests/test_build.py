@@ -44,7 +44,7 @@ def _reference(x):
 
 def test_build_writes_verified_libraries_and_manifest(built):
     out, output = built
-    assert "32x32: 0 tuned, 6 fallback" in output and "48x48: 0 tuned, 6 fallback" in output
+    assert "32x32: 0 tuned, 0 transferred, 6 fallback" in output and "48x48: 0 tuned, 0 transferred, 6 fallback" in output
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["kind"] == "tunekit-artifacts"
     entries = {e["file"]: e for e in manifest["artifacts"]}

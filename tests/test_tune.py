@@ -216,6 +216,6 @@ def test_build_after_a_complete_tune_has_no_fallbacks(tuned_db, cli, tmp_path):
     path, _ = tuned_db
     result = cli("build", "--model", "tinyconv", "--res", "32", "--db", path, "--out", tmp_path / "art")
     assert result.exit_code == 0, result.output
-    assert "32x32: 6 tuned, 0 fallback" in result.output
+    assert "32x32: 6 tuned, 0 transferred, 0 fallback" in result.output
     (entry,) = json.loads((tmp_path / "art" / "manifest.json").read_text())["artifacts"]
     assert (entry["tuned"], entry["fallback"], entry["verification"]) == (6, 0, "verified")

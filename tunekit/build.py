@@ -6,6 +6,9 @@ The flow for each resolution:
 2. Bind the weights and fold: the weight-only work (bias reshapes, weight
    transposes) runs once, here, on the build host.
 3. Apply the database's best schedule to every task; count tuned and fallback.
+   A task with no record of its own takes, on CPUs, the best schedule of the
+   same task at the nearest tuned resolution, adapted (``transfer``): zero-search
+   transfer, counted as 'transferred'.
 4. ``fallback.apply`` gives the remaining functions default schedules.
 5. On CPUs, split the tuned schedules' weight-layout rewrites out and fold them
    too, so the packed weights are constants of the library and the entry point
@@ -51,6 +54,7 @@ class Built:
     key: Key
     path: Path
     tuned: list[str]
+    transferred: dict[str, int]  # task -> resolution its schedule was adapted from
     fallback: list[str]
     verification: str
     max_abs_err: float | None
@@ -67,7 +71,8 @@ class Built:
         return {"file": file.name, "model": self.key.model, "resolution": [self.key.height, self.key.width],
                 "batch": self.key.batch, "target_name": spec.name, "target": spec.tvm,
                 "tvm_version": tvm.__version__, "input": inputs, "output": outputs,
-                "tasks": len(self.tuned) + len(self.fallback), "tuned": len(self.tuned),
+                "tasks": len(self.tuned) + len(self.transferred) + len(self.fallback), "tuned": len(self.tuned),
+                "transferred": len(self.transferred), "transferred_from": self.transferred,
                 "fallback": len(self.fallback), "fallback_tasks": self.fallback,
                 "verification": self.verification, "max_abs_err": self.max_abs_err, "tolerance": self.tolerance,
                 "load_ms": self.load_ms, "first_run_ms": self.first_run_ms,
@@ -93,8 +98,30 @@ def _fold(mod, target):
         return relax.transform.DeadCodeElimination(["main"])(mod)
 
 
-def compile_module(graph, spec: TargetSpec, db) -> tuple[object, list[str], list[str]]:
-    """Compile one static-shape graph: returns (executable, tuned task names, fallback task names)."""
+def _transfer(mod, names: list[str], key: Key, target, db) -> dict[str, int]:
+    """Zero-search transfer: give tasks without records the adapted best schedule of the same task at the
+    nearest tuned resolution. Returns {task name: donor resolution} for those that took one."""
+    import tvm
+
+    from tunekit import fallback
+    from tunekit import transfer as xfer
+
+    taken = {}
+    for name in names:
+        func = mod[name]
+        task = tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
+        adapted, _ = xfer.candidates(db, task, target, key.model, key.batch, name, key.height, None, limit=1)
+        if adapted:
+            donor, sch = adapted[0]
+            mod[name] = sch.mod["main"].with_attr("global_symbol", name).with_attr(fallback.IS_SCHEDULED, True)
+            taken[name] = donor.resolution
+    return taken
+
+
+def compile_module(graph, spec: TargetSpec, db, key: Key | None = None,
+                   transfer: bool = True) -> tuple[object, list[str], dict[str, int], list[str]]:
+    """Compile one static-shape graph: (executable, tuned task names, {transferred task: donor resolution},
+    fallback task names). Transfer (CPU targets, with a database and ``key``) applies to tasks with no record."""
     import tvm
     from tvm import relax
 
@@ -111,6 +138,9 @@ def compile_module(graph, spec: TargetSpec, db) -> tuple[object, list[str], list
         with target, db:
             mod = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
     tuned = sorted(n for n, f in _primfuncs(mod).items() if n in tasks and f.attrs.get(fallback.IS_SCHEDULED))
+    transferred = {}
+    if transfer and db is not None and key is not None and spec.kind == "llvm":
+        transferred = _transfer(mod, sorted(tasks - set(tuned)), key, target, db)
     mod, _ = fallback.apply(mod, target)
     if spec.kind == "llvm":
         with target:
@@ -120,7 +150,7 @@ def compile_module(graph, spec: TargetSpec, db) -> tuple[object, list[str], list
         executable = tvm.compile(mod, target=target)
     except Exception as exc:  # TVM's codegen raises TVMError / RuntimeError subclasses
         raise BuildError(f"TVM cannot compile for {spec.name}: {str(exc).strip().splitlines()[-1]}") from None
-    return executable, tuned, sorted(tasks - set(tuned))
+    return executable, tuned, transferred, sorted(tasks - set(tuned) - set(transferred))
 
 
 def _write_manifest(out: Path, entries: list[dict]) -> None:
@@ -163,7 +193,7 @@ def _verify(key: Key, library: Path, entry: dict, reference: Callable[[np.ndarra
 
 def build(spec: TargetSpec, keys: list[Key], graph_of: Callable[[Key], object],
           reference_of: Callable[[Key], Callable[[np.ndarray], np.ndarray]], db, out_dir: str | Path,
-          on_done: Callable[[Built], None] | None = None) -> list[Built]:
+          on_done: Callable[[Built], None] | None = None, transfer: bool = True) -> list[Built]:
     """Build, verify and enter into ``out_dir/manifest.json`` one library per key.
 
     ``db`` is an open tuning database bound to ``spec``'s target (or None: all
@@ -178,7 +208,7 @@ def build(spec: TargetSpec, keys: list[Key], graph_of: Callable[[Key], object],
     for key in keys:
         graph = graph_of(key)
         t0 = time.perf_counter()
-        executable, tuned, fallbacks = compile_module(graph, spec, db)
+        executable, tuned, transferred, fallbacks = compile_module(graph, spec, db, key, transfer)
         compile_s = time.perf_counter() - t0
         path = out / artifact_name(key, spec)
         tmp = path.with_name(path.name + ".tmp.so")
@@ -189,7 +219,7 @@ def build(spec: TargetSpec, keys: list[Key], graph_of: Callable[[Key], object],
             tmp.unlink()
             raise BuildError(f"{key}: tunekit builds models with one input and one output"
                              f" (this one has {len(inputs)} and {len(outputs)})")
-        built = Built(key, path, tuned, fallbacks, "not verified: no GPU", None, None, compile_s, None, None)
+        built = Built(key, path, tuned, transferred, fallbacks, "not verified: no GPU", None, None, compile_s, None, None)
         if runnable:
             entry = built.to_entry(spec, inputs[0], outputs[0], tmp)
             try:

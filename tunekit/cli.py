@@ -247,6 +247,12 @@ class _Reporter:
 
     def __call__(self, p):
         resolutions = ",".join(str(r) for r, _ in p.task.uses)
+        if p.note:
+            line = f"  task {p.task_index + 1}/{p.task_count} {p.task.name} @{resolutions} seeded: {p.note}"
+            if self.live:
+                self.bar.console.print(line)
+            else:
+                click.echo(line)
         best = f"best {p.best_ms * 1e3:.2f} us" if p.best_ms is not None else "best -"
         text = (f"task {p.task_index + 1}/{p.task_count} {p.task.name} @{resolutions}  {best}"
                 + (f"  {p.failed} failed" if p.failed else ""))
@@ -256,6 +262,7 @@ class _Reporter:
             rate = p.trials_done / p.elapsed if p.elapsed else 0
             eta = (self.total - p.trials_done) / rate if rate else 0
             click.echo(f"  {text}  trials {p.trials_done}/{self.total}  {p.elapsed:.0f}s elapsed, ETA {eta:.0f}s")
+            sys.stdout.flush()  # a log file being followed (tail -f) sees every batch
 
     def close(self):
         if self.bar:
@@ -277,9 +284,14 @@ class _Reporter:
 @click.option("--rpc", help="HOST:PORT of a TVM RPC tracker: measure on the devices registered there.")
 @click.option("--rpc-key", help="Device key registered with the tracker (with --rpc).")
 @click.option("--seed", default=0, show_default=True, type=int, help="Search seed.")
+@click.option("--anchor", help="Resolution(s) to tune first with the full budget (comma-separated) "
+                               "[default: 224 if swept, else the middle one].")
+@click.option("--no-transfer", is_flag=True,
+              help="Tune every resolution independently: no schedules adapted from other resolutions, "
+                   "the same budget for every task.")
 @click.option("--dry-run", is_flag=True, help="Plan (tasks, budget, what is already done) and stop.")
 def tune(model, onnx_file, res, target, trials, trials_per_task, batch, weights, db_path, rpc, rpc_key, seed,
-         dry_run):
+         anchor, no_transfer, dry_run):
     """Tune every task of a model at each resolution with MetaSchedule.
 
     Records land in the database as they are measured. Running the same command
@@ -289,6 +301,7 @@ def tune(model, onnx_file, res, target, trials, trials_per_task, batch, weights,
     \b
     Examples:
       tunekit tune --model resnet50 --res 112..448 --target host
+      tunekit tune --model resnet18 --res 112..448 --anchor 224 --trials 3000
       tunekit tune --model resnet18 --res 224 --trials 2000 --db logs/r18.db
       tunekit tune --model resnet18 --res 224 --target i7-4790k --rpc 127.0.0.1:9190 --rpc-key i7-4790k
     """
@@ -304,6 +317,14 @@ def tune(model, onnx_file, res, target, trials, trials_per_task, batch, weights,
     if trials and trials_per_task:
         raise UserError("give --trials or --trials-per-task, not both")
     sides = _sides(res, model)
+    anchors = None
+    if anchor:
+        if no_transfer:
+            raise UserError("--anchor needs transfer; drop --no-transfer")
+        anchors = _sides(anchor, model)
+        missing = [a for a in anchors if a not in sides]
+        if missing:
+            raise UserError(f"--anchor {missing[0]} is not one of the resolutions tuned ({res})")
     rpc_addr = _parse_rpc(rpc, rpc_key)
     if rpc_addr:
         from tunekit.rpc import check_tracker
@@ -333,21 +354,30 @@ def tune(model, onnx_file, res, target, trials, trials_per_task, batch, weights,
     with tuning.native_stderr_to(log_path):
         plan = tuning.plan(db, target_obj, keys,
                            lambda k: frontend.onnx_graph(k, model=model, onnx_file=onnx_file, weights=weights),
-                           trials, trials_per_task)
+                           trials, trials_per_task, transfer=not no_transfer, anchors=anchors)
     searchable = [t for t in plan.tasks if t.searchable]
     lifted = sum(len(v) for v in plan.weight_only.values())
     click.echo(f"{sum(plan.per_resolution.values())} tasks over {len(sides)} resolution(s) -> {len(plan.tasks)} "
                f"unique ({len(searchable)} to search, {len(plan.tasks) - len(searchable)} with one schedule); "
                f"{lifted} weight-only tasks run once at build, not tuned")
     done = [t for t in plan.tasks if t.remaining == 0]
-    click.echo(f"budget {searchable[0].budget if searchable else 0} trials per task: {plan.reused} trials reused "
-               f"from the database, {plan.new} new; {len(done)}/{len(plan.tasks)} tasks already done")
+    budgets = sorted({t.budget for t in searchable}, reverse=True)
+    if plan.anchors:
+        at_anchor = [t for t in searchable if any(r in plan.anchors for r, _ in t.uses)]
+        click.echo(f"transfer: anchor {','.join(map(str, plan.anchors))} first, {len(at_anchor)} tasks x "
+                   f"{budgets[0]} trials; the other {len(searchable) - len(at_anchor)} tasks x {budgets[-1]} trials, "
+                   "seeded with schedules adapted from the nearest tuned resolution (--no-transfer to turn off)")
+    click.echo(f"budget {budgets[0] if budgets else 0} trials per task"
+               + (f" ({budgets[-1]} away from the anchor)" if len(budgets) > 1 else "")
+               + f": {plan.reused} trials reused from the database, {plan.new} new; "
+               f"{len(done)}/{len(plan.tasks)} tasks already done")
     if dry_run:
         return
     reporter = _Reporter(plan.new)
     try:
         with tuning.native_stderr_to(log_path):
-            result = tuning.tune(db, spec, plan, log_path, rpc=rpc_addr, seed=seed, on_progress=reporter)
+            result = tuning.tune(db, spec, plan, log_path, rpc=rpc_addr, seed=seed, on_progress=reporter,
+                                 transfer=not no_transfer)
     finally:
         reporter.close()
     rate = result.trials_run / result.seconds if result.seconds else 0.0
@@ -372,11 +402,15 @@ def tune(model, onnx_file, res, target, trials, trials_per_task, batch, weights,
 @click.option("--weights", type=click.Path(dir_okay=False), help="A state_dict file (zoo models).")
 @click.option("--db", "db_path", type=click.Path(dir_okay=False),
               help="Tuning database [default: $TUNEKIT_DB or tuning_logs/tunekit.db].")
-def build(model, onnx_file, res, target, out, batch, weights, db_path):
+@click.option("--no-transfer", is_flag=True,
+              help="Tasks with no record get default schedules, not schedules adapted from other resolutions.")
+def build(model, onnx_file, res, target, out, batch, weights, db_path, no_transfer):
     """Build one verified library per resolution from the tuning database.
 
-    Every task takes its best tuned schedule; a task with no record gets a
-    default schedule and is counted as a fallback. Weights are transformed to
+    Every task takes its best tuned schedule. A task with no record takes the
+    best schedule of the same task at the nearest tuned resolution, adapted to
+    the new shapes (counted as transferred; --no-transfer to skip), else a
+    default schedule (counted as a fallback). Weights are transformed to
     the tuned layouts once, here, so the library's entry point takes only the
     image. Each library is run on a random input and compared with PyTorch (or
     the ONNX graph) before it is written; OUT/manifest.json describes them all.
@@ -414,12 +448,14 @@ def build(model, onnx_file, res, target, out, batch, weights, db_path):
         h, w = b.key.height, b.key.width
         check = (f"max |err| {b.max_abs_err:.2g} <= {b.tolerance:.2g}, load {b.load_ms:.0f} ms, "
                  f"first run {b.first_run_ms:.1f} ms" if b.max_abs_err is not None else b.verification)
-        click.echo(f"  {h}x{w}: {len(b.tuned)} tuned, {len(b.fallback)} fallback; compiled in {b.compile_s:.1f}s; "
+        click.echo(f"  {h}x{w}: {len(b.tuned)} tuned, {len(b.transferred)} transferred, {len(b.fallback)} fallback; "
+                   f"compiled in {b.compile_s:.1f}s; "
                    f"{check} -> {b.path}")
 
     keys = [Key(name, s, s, batch) for s in sides]
     building.build(spec, keys, lambda k: frontend.onnx_graph(k, model=model, onnx_file=onnx_file, weights=weights),
-                   building.reference_for(model, onnx_file, weights), db, out_dir, on_done=done)
+                   building.reference_for(model, onnx_file, weights), db, out_dir, on_done=done,
+                   transfer=not no_transfer)
     click.echo(f"manifest: {out_dir / 'manifest.json'}")
 
 

@@ -184,6 +184,12 @@ def _make_database_class():
                     return wid, workload
             return None
 
+        def workload_by_id(self, wid: int) -> Workload:
+            if wid not in self._ids:
+                (text,) = self.conn.execute("SELECT workload_json FROM workloads WHERE id=?", (wid,)).fetchone()
+                self._ids[wid] = Workload.from_json(json.loads(text))
+            return self._ids[wid]
+
         def has_workload(self, mod) -> bool:
             return self._lookup(mod) is not None
 

@@ -52,6 +52,8 @@ class PlannedTask:
     searchable: bool
     budget: int
     done: int
+    model: str = ""
+    batch: int = 1
     uses: list[tuple[int, int]] = field(default_factory=list)  # (resolution, weight)
 
     @property
@@ -64,6 +66,7 @@ class Plan:
     tasks: list[PlannedTask]
     per_resolution: dict[int, int]  # resolution -> runtime tasks
     weight_only: dict[int, list[str]]  # resolution -> names of tasks lifted into the weight transform
+    anchors: list[int] = field(default_factory=list)  # resolutions tuned first, with the full budget
 
     @property
     def reused(self) -> int:
@@ -86,6 +89,7 @@ class Progress:
     failed: int
     best_ms: float | None  # best measured time of the current task
     elapsed: float
+    note: str | None = None  # what the seeding of a new task measured (transfer, default)
 
 
 @dataclass
@@ -106,12 +110,24 @@ def _has_search_space(task_mod, target) -> bool:
     return any(len(sch.trace.decisions) > 0 for sch in ctx.generate_design_space())
 
 
+TRANSFER_SHARE = 0.25
+
+
+def default_anchor(sides: list[int]) -> int:
+    """224 when swept (the resolution most models are trained and served at), else the middle one."""
+    return 224 if 224 in sides else sorted(sides)[len(sides) // 2]
+
+
 def plan(db, target, keys: list[Key], graph_of: Callable[[Key], object], trials: int | None,
-         trials_per_task: int | None) -> Plan:
+         trials_per_task: int | None, transfer: bool = True, anchors: list[int] | None = None) -> Plan:
     """Extract tasks for every key, deduplicate them, and give each its budget.
 
-    ``trials`` is the total budget for this sweep, split evenly over the unique
+    ``trials`` is the total budget for this sweep, split over the unique
     searchable tasks; ``trials_per_task`` fixes each task's budget instead.
+    With ``transfer`` and several resolutions, tasks of the ``anchors`` (default:
+    ``default_anchor``) get the full per-task budget and are tuned first; the
+    others get a quarter of it, seeded with schedules adapted from the nearest
+    tuned resolution, and are tuned nearest-to-an-anchor first.
 
     Raises
     ------
@@ -133,10 +149,19 @@ def plan(db, target, keys: list[Key], graph_of: Callable[[Key], object], trials:
             wid = db.note_task(task.mod, TaskUse(key.model, key.height, key.batch, task.name, task.weight))
             if wid not in by_wid:
                 by_wid[wid] = PlannedTask(wid, task.name, task.mod, _has_search_space(task.mod, target), 0,
-                                          db.trials(wid))
+                                          db.trials(wid), key.model, key.batch)
             by_wid[wid].uses.append((key.height, task.weight))
     planned = list(by_wid.values())
     searchable = [t for t in planned if t.searchable]
+    sides = sorted(per_resolution)
+    anchors = [a for a in (anchors or [default_anchor(sides)]) if a in sides] if transfer and len(sides) > 1 else []
+
+    def distance(task):
+        return min(abs(r - a) for r, _ in task.uses for a in anchors) if anchors else 0
+
+    def share(task):  # transfer-seeded tasks away from the anchors get a quarter of an anchor task's budget
+        return 1.0 if distance(task) == 0 else TRANSFER_SHARE
+
     if trials_per_task is None:
         if trials is None:
             trials_per_task = DEFAULT_TRIALS_PER_TASK
@@ -144,10 +169,11 @@ def plan(db, target, keys: list[Key], graph_of: Callable[[Key], object], trials:
             if searchable and trials < len(searchable):
                 raise TunekitError(f"--trials {trials} is less than the {len(searchable)} tasks to tune; "
                                    f"give at least {len(searchable)} (or use --trials-per-task)")
-            trials_per_task = trials // max(1, len(searchable))
+            trials_per_task = int(trials / max(1e-9, sum(share(t) for t in searchable)))
     for task in planned:
-        task.budget = trials_per_task if task.searchable else 1
-    return Plan(planned, per_resolution, weight_only)
+        task.budget = max(1, int(trials_per_task * share(task))) if task.searchable else 1
+    planned.sort(key=lambda t: (distance(t), min(r for r, _ in t.uses)))
+    return Plan(planned, per_resolution, weight_only, anchors)
 
 
 @contextlib.contextmanager
@@ -299,42 +325,70 @@ def make_runner(spec: TargetSpec, measurement: Measurement, rpc: tuple[str, int,
     return ms.runner.RPCRunner(rpc_config=rpc_config, evaluator_config=config, max_workers=servers)
 
 
-def measure_default(db, task: PlannedTask, target, builder, runner) -> bool:
-    """Measure the task's default schedule (``fallback.cpu_schedule``) and store it, source 'default'.
+def measure_schedules(db, task: PlannedTask, schedules: list, source: str, target, builder, runner) -> list:
+    """Build and measure ready-made schedules of ``task`` and store them with ``source``.
 
-    Done before searching a task with no records: the evolutionary search seeds
-    its population with the database's best, so the tuned result is never worse
-    than what an untuned build would get. Returns whether a record was stored.
+    Used before searching a task with no records: its default schedule (source
+    'default', the one an untuned build falls back to) and schedules adapted
+    from other resolutions (source 'transfer'). The evolutionary search seeds
+    its population with the database's best, so the search starts from them and
+    the tuned result is never worse. Returns the mean seconds of each schedule
+    (None where it failed; failures are recorded as data).
     """
     from tvm.s_tir import meta_schedule as ms
 
-    from tunekit import fallback
-
-    sch = fallback.cpu_schedule(task.mod, target, task.name)
-    if sch is None:
-        return False
-    args_info = ms.arg_info.ArgInfo.from_entry_func(sch.mod, remove_preproc=True)
-    (built,) = builder.build([ms.builder.BuilderInput(sch.mod, target)])
-    if built.error_msg:
-        db.note_failure(task.wid, "build", "default schedule: " + str(built.error_msg))
-        return False
-    (future,) = runner.run([ms.runner.RunnerInput(built.artifact_path, "cpu", args_info)])
-    result = future.result()
-    if result.error_msg:
-        db.note_failure(task.wid, "run", "default schedule: " + str(result.error_msg))
-        return False
-    source, db.source = db.source, "default"
+    if not schedules:
+        return []
+    infos = [ms.arg_info.ArgInfo.from_entry_func(sch.mod, remove_preproc=True) for sch in schedules]
+    builds = builder.build([ms.builder.BuilderInput(sch.mod, target) for sch in schedules])
+    ok = [i for i, b in enumerate(builds) if not b.error_msg]
+    for i, b in enumerate(builds):
+        if b.error_msg:
+            db.note_failure(task.wid, "build", f"{source} schedule: {b.error_msg}")
+    futures = runner.run([ms.runner.RunnerInput(builds[i].artifact_path, "cpu", infos[i]) for i in ok])
+    secs: list = [None] * len(schedules)
+    previous, db.source = db.source, source
     try:
-        db.commit_tuning_record(ms.database.TuningRecord(sch.trace, db.commit_workload(task.mod),
-                                                         result.run_secs, target, args_info))
+        for i, future in zip(ok, futures):
+            result = future.result()
+            if result.error_msg:
+                db.note_failure(task.wid, "run", f"{source} schedule: {result.error_msg}")
+                continue
+            db.commit_tuning_record(ms.database.TuningRecord(schedules[i].trace, db.commit_workload(task.mod),
+                                                             result.run_secs, target, infos[i]))
+            secs[i] = sum(float(x) for x in result.run_secs) / len(result.run_secs)
     finally:
-        db.source = source
-    return True
+        db.source = previous
+    return secs
+
+
+def seed_task(db, task: PlannedTask, target, builder, runner, transfer: bool) -> tuple[int, str]:
+    """Measure the default schedule, and with ``transfer`` the schedules adapted from the nearest
+    tuned resolutions, of a task with no records. Returns (records stored, a note for the progress)."""
+    from tunekit import fallback
+    from tunekit import transfer as xfer
+
+    notes = []
+    stored = 0
+    if transfer:
+        adapted, skipped = xfer.candidates(db, task.mod, target, task.model, task.batch, task.name,
+                                           task.uses[0][0], task.wid, limit=min(2, max(1, task.budget - 1)))
+        secs = measure_schedules(db, task, [sch for _, sch in adapted], "transfer", target, builder, runner)
+        stored += sum(s is not None for s in secs)
+        for (donor, _), sec in zip(adapted, secs):
+            notes.append(f"from {donor.resolution}: " + (f"{sec * 1e6:.1f} us" if sec is not None else "failed"))
+        notes += [f"skipped {reason}" for reason in skipped]
+    default = fallback.cpu_schedule(task.mod, target, task.name)
+    if default is not None:
+        (sec,) = measure_schedules(db, task, [default], "default", target, builder, runner)
+        stored += sec is not None
+        notes.append(f"default: {sec * 1e6:.1f} us" if sec is not None else "default: failed")
+    return stored, "; ".join(notes)
 
 
 def tune(db, spec: TargetSpec, the_plan: Plan, log_path: Path, measurement: Measurement = Measurement(),
          rpc: tuple[str, int, str] | None = None, seed: int = 0,
-         on_progress: Callable[[Progress], None] | None = None) -> TuneResult:
+         on_progress: Callable[[Progress], None] | None = None, transfer: bool = True) -> TuneResult:
     """Tune every task of ``the_plan`` that has budget left; records land in ``db`` as measured.
 
     A KeyboardInterrupt stops after the batch in flight is committed and returns
@@ -347,7 +401,7 @@ def tune(db, spec: TargetSpec, the_plan: Plan, log_path: Path, measurement: Meas
     todo = [t for t in the_plan.tasks if t.remaining > 0]
     total = sum(t.remaining for t in todo)
     start = time.time()
-    state = {"done": 0, "failed": 0, "index": 0, "best": None}
+    state = {"done": 0, "failed": 0, "index": 0, "best": None, "note": None}
     if not todo:
         return TuneResult(the_plan, 0, 0, 0.0)
 
@@ -365,7 +419,8 @@ def tune(db, spec: TargetSpec, the_plan: Plan, log_path: Path, measurement: Meas
         if on_progress:
             task = todo[state["index"]]
             on_progress(Progress(state["index"], len(todo), task, state["done"], total, state["failed"],
-                                 None if state["best"] is None else state["best"] * 1e3, time.time() - start))
+                                 None if state["best"] is None else state["best"] * 1e3, time.time() - start,
+                                 state["note"]))
 
     stop = _StopOnInterrupt()
     report = _measure_callback(db, on_batch, stop)
@@ -380,9 +435,12 @@ def tune(db, spec: TargetSpec, the_plan: Plan, log_path: Path, measurement: Meas
                 on_progress(Progress(index, len(todo), task, state["done"], total, state["failed"], None,
                                      time.time() - start))
             if task.done == 0 and task.searchable and target.kind.name == "llvm":
-                if measure_default(db, task, target, builder, runner):
+                stored, note = seed_task(db, task, target, builder, runner, transfer)
+                if stored:
                     task.done = db.trials(task.wid)
-                    on_batch(1, 0, db.best_sec(task.wid))
+                    state["note"] = note
+                    on_batch(stored, 0, db.best_sec(task.wid))
+                    state["note"] = None
                     if task.remaining == 0:
                         continue
             context = ms.TuneContext(

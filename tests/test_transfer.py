@@ -1,0 +1,126 @@
+"""Cross-resolution transfer on the tiny conv net at 32 and 48: real tuning, real builds, real runs."""
+
+import json
+import sqlite3
+
+import numpy as np
+import pytest
+
+from tests.test_tune import _copy
+from tunekit import database, frontend, transfer
+from tunekit.keys import Key
+from tunekit.targets import resolve_target
+
+HOST = resolve_target("host").tvm_target()
+
+
+@pytest.fixture(scope="module")
+def tuned48(tmp_path_factory):
+    """tinyconv tuned at 48 only, 3 trials per task."""
+    from click.testing import CliRunner
+
+    from tunekit.cli import main
+
+    path = tmp_path_factory.mktemp("xfer") / "48.db"
+    result = CliRunner().invoke(main, ["tune", "--model", "tinyconv", "--res", "48", "--trials-per-task", "3",
+                                       "--db", str(path)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return path
+
+
+def _tasks(side):
+    mod, _ = frontend.to_relax(frontend.onnx_graph(Key("tinyconv", side, side), model="tinyconv"))
+    tasks, _ = frontend.runtime_tasks(frontend.prepare(mod, HOST), HOST)
+    return {t.name: t for t in tasks}
+
+
+def _run(mod, args):
+    import tvm
+
+    lib = tvm.compile(mod, target=HOST)
+    tensors = [tvm.runtime.tensor(a) for a in args]
+    lib["main"](*tensors)
+    return tensors[-1].numpy()
+
+
+def _same_results(task_mod, scheduled_mod):
+    """Run the scheduled function and the plain one on the same random inputs."""
+    from tvm.s_tir import meta_schedule as ms
+
+    rng = np.random.default_rng(0)
+    args = [rng.standard_normal([int(d) for d in info.shape]).astype(info.dtype)
+            for info in ms.arg_info.ArgInfo.from_entry_func(task_mod, remove_preproc=False)]
+    want = _run(task_mod, [a.copy() for a in args])
+    got = _run(scheduled_mod, [a.copy() for a in args])
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_refit_keeps_inner_tiles_that_divide():
+    assert transfer.refit([7, 1, 2, 8], 8 * 2 * 5) == [5, 1, 2, 8]
+    assert transfer.refit([1, 1, 4, 16], 24) == [1, 1, 2, 12]
+    assert transfer.refit([2, 16], 32) == [2, 16]
+    assert transfer.refit([3, 3], 7) == [7, 1]
+
+
+def test_tune_with_transfer_measures_correct_adapted_candidates(tuned48, cli, tmp_path):
+    path = _copy(tuned48, tmp_path / "t.db")
+    result = cli("tune", "--model", "tinyconv", "--res", "32,48", "--anchor", "48", "--trials-per-task", "3",
+                 "--db", path)
+    assert result.exit_code == 0, result.output
+    assert "seeded: from 48:" in result.output
+    with sqlite3.connect(path) as conn:
+        rows = conn.execute("SELECT r.workload_id, r.record_json, r.mean_sec, t.task_name FROM records r JOIN tasks t"
+                            " ON t.workload_id = r.workload_id WHERE r.source = 'transfer' AND t.resolution = 32"
+                            ).fetchall()
+    assert len(rows) >= 3 and all(mean is not None and mean > 0 for _, _, mean, _ in rows)
+    db = database.open_database(path, HOST)
+    tasks = _tasks(32)
+    from tvm.s_tir import Schedule
+    from tvm.s_tir.meta_schedule.database import TuningRecord
+
+    for wid, text, _, name in rows:
+        record = TuningRecord.from_json(json.loads(text), db.workload_by_id(wid))
+        sch = Schedule(tasks[name].mod)
+        record.trace.apply_to_schedule(sch, remove_postproc=False)
+        _same_results(tasks[name].mod, sch.mod)
+    listed = cli("db", "list", "--db", path)
+    row32 = next(line for line in listed.output.splitlines() if "│  32 │" in line or "| 32 |" in line)
+    assert int(row32.split("│")[8].strip()) == len(rows)  # the "from transfer" column
+
+
+def test_no_transfer_tunes_independently(tuned48, cli, tmp_path):
+    path = _copy(tuned48, tmp_path / "n.db")
+    result = cli("tune", "--model", "tinyconv", "--res", "32,48", "--trials-per-task", "2", "--no-transfer",
+                 "--db", path)
+    assert result.exit_code == 0, result.output
+    assert "from 48" not in result.output and "transfer: anchor" not in result.output
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM records WHERE source = 'transfer'").fetchone()[0] == 0
+
+
+def test_zero_search_build_uses_adapted_schedules(tuned48, cli, tmp_path):
+    result = cli("build", "--model", "tinyconv", "--res", "32", "--db", tuned48, "--out", tmp_path / "a")
+    assert result.exit_code == 0, result.output
+    (entry,) = json.loads((tmp_path / "a" / "manifest.json").read_text())["artifacts"]
+    # the matmul and reshape tasks are the same workload at both sizes: tuned; the convs and mean: transferred
+    assert entry["tuned"] == 2 and entry["transferred"] == 4 and entry["fallback"] == 0
+    assert set(entry["transferred_from"].values()) == {48}
+    assert entry["verification"] == "verified"  # against PyTorch
+    result = cli("build", "--model", "tinyconv", "--res", "32", "--db", tuned48, "--out", tmp_path / "b",
+                 "--no-transfer")
+    assert "2 tuned, 0 transferred, 4 fallback" in result.output
+
+
+def test_a_trace_that_cannot_be_adapted_is_skipped_with_a_reason(tuned48, tmp_path):
+    db = database.open_database(_copy(tuned48, tmp_path / "s.db"), HOST)
+    tasks48, tasks32 = _tasks(48), _tasks(32)
+    (mean,) = transfer.donors(db, "tinyconv", 1, "mean1", 32, None, limit=1)
+    with pytest.raises(transfer.TransferSkipped, match="design space"):
+        transfer.adapt(transfer.donor_trace(db, mean), tasks32["fused_conv2d_add_relu1"].mod, HOST)
+    # through candidates(): a reason, never an exception
+    db.conn.execute("UPDATE tasks SET task_name = 'fused_conv2d_add_relu1' WHERE task_name = 'mean1'"
+                    " AND resolution = 48")
+    adapted, skipped = transfer.candidates(db, tasks32["fused_conv2d_add_relu1"].mod, HOST, "tinyconv", 1,
+                                           "fused_conv2d_add_relu1", 32, None)
+    assert skipped and "design space" in skipped[0]
+    assert len(tasks48) == 6

@@ -1,0 +1,148 @@
+"""Cross-resolution transfer: schedules tuned at one resolution, adapted to another.
+
+The same task at two resolutions (same model, same fused function, so same
+operator, channels, kernel and stride; only H and W differ) has the same TIR
+loop structure with other extents. MetaSchedule generates the same design space
+for both, instruction for instruction; only the tile-size decisions depend on
+the extents. So a donor's trace is adapted by:
+
+1. finding the new task's design space whose instructions match the donor's
+   (same kinds, same order, up to post-processing), else the donor is skipped;
+2. keeping every decision, except tile sizes whose product no longer equals the
+   new loop extent: those are re-fitted from the innermost level out, each
+   level taking the largest factor of what is left that does not exceed the
+   donor's tile (so register and cache tiles stay as the donor had them);
+3. replaying, post-processing and checking it like any other candidate.
+
+Donors are found by name in the ``tasks`` table: records of the task with the
+same name, model and batch at other resolutions, nearest resolution first.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+
+log = logging.getLogger("tunekit.transfer")
+
+
+class TransferSkipped(Exception):
+    """A donor trace that cannot be adapted to the new shapes; the message says why."""
+
+
+@dataclass
+class Donor:
+    workload_id: int
+    resolution: int
+    mean_sec: float
+    record_json: str
+
+
+def donors(db, model: str, batch: int, task_name: str, resolution: int, exclude_wid: int | None,
+           limit: int = 2) -> list[Donor]:
+    """The best measured record of ``task_name`` at each other resolution, nearest first."""
+    rows = db.conn.execute(
+        "SELECT t.workload_id, t.resolution, MIN(r.mean_sec), r.record_json FROM tasks t"
+        " JOIN records r ON r.workload_id = t.workload_id AND r.target = t.target AND r.tvm_version = t.tvm_version"
+        " WHERE t.model=? AND t.batch=? AND t.task_name=? AND t.target=? AND t.tvm_version=?"
+        " AND t.resolution != ? AND r.mean_sec IS NOT NULL AND t.workload_id IS NOT ?"
+        " GROUP BY t.workload_id ORDER BY ABS(t.resolution - ?), t.resolution DESC LIMIT ?",
+        (model, batch, task_name, db.target_key, db.version, resolution, exclude_wid, resolution, limit)).fetchall()
+    return [Donor(wid, res, secs, text) for wid, res, secs, text in rows]
+
+
+def _shape_of(trace) -> str:
+    """The trace's text up to post-processing with decisions and tuned annotation values blanked:
+    equal for the design space a record came from and that space at another resolution."""
+    import re
+
+    text = str(trace.simplified(remove_postproc=True))
+    text = re.sub(r"decision=(\[[^\]]*\]|-?\d+)", "decision=?", text)
+    return re.sub(r"ann_val=\d+", "ann_val=?", text)
+
+
+def _sampling_kinds(trace) -> list[str]:
+    """Instruction kinds before post-processing, dead instructions removed (stored records are simplified)."""
+    return [inst.kind.name for inst in trace.simplified(remove_postproc=True).insts]
+
+
+def _prod(values) -> int:
+    out = 1
+    for v in values:
+        out *= int(v)
+    return out
+
+
+def refit(tiles: list[int], extent: int) -> list[int]:
+    """Tile sizes for ``extent`` close to ``tiles`` (outer..inner): inner levels keep their size when it divides."""
+    out = []
+    left = extent
+    for tile in reversed(tiles[1:]):
+        factor = max(d for d in range(1, min(int(tile), left) + 1) if left % d == 0)
+        out.append(factor)
+        left //= factor
+    return [left, *reversed(out)]
+
+
+def adapt(donor_trace, mod, target, name: str = "main"):
+    """A MetaSchedule ``Schedule`` of ``mod`` following ``donor_trace`` (re-fitted), or TransferSkipped."""
+    from tvm.s_tir import Schedule
+    from tvm.s_tir import meta_schedule as ms
+
+    ctx = ms.TuneContext(mod=mod, target=target, space_generator="post-order-apply", task_name=name,
+                         rand_state=0, num_threads=1)
+    wanted, shape = _sampling_kinds(donor_trace), _shape_of(donor_trace)
+    spaces = [s for s in ctx.generate_design_space() if _sampling_kinds(s.trace) == wanted]
+    spaces.sort(key=lambda s: _shape_of(s.trace) != shape)  # the exact same space first
+    if not spaces:
+        raise TransferSkipped("no design space of the new shape has the donor's instructions")
+    space = spaces[0].trace
+    donor_decisions = [(inst, donor_trace.decisions[inst]) for inst in donor_trace.insts
+                       if inst in donor_trace.decisions]
+    new_sampling = [inst for inst in space.insts if inst in space.decisions]
+    if len(donor_decisions) < len(new_sampling):
+        raise TransferSkipped("the donor has fewer decisions than the new design space")
+    trace = space
+    for (old_inst, old), inst in zip(donor_decisions, new_sampling):
+        if old_inst.kind.name != inst.kind.name:
+            raise TransferSkipped(f"decision kinds differ ({old_inst.kind.name} vs {inst.kind.name})")
+        if inst.kind.name == "SamplePerfectTile":
+            extent = _prod(space.decisions[inst])
+            decision = [int(x) for x in old]
+            if _prod(decision) != extent:
+                decision = refit(decision, extent)
+        else:
+            decision = old
+        trace = trace.with_decision(inst, decision, remove_postproc=True)
+    sch = Schedule(mod)
+    try:
+        trace.apply_to_schedule(sch, remove_postproc=True)
+    except Exception as exc:  # a decision the new loops reject (e.g. a compute location)
+        raise TransferSkipped(f"replay failed: {str(exc).strip().splitlines()[-1][:200]}") from None
+    sch.enter_postproc()
+    for postproc in ctx.space_generator.postprocs:
+        if not postproc.apply(sch):
+            raise TransferSkipped(f"post-processing rejected it ({postproc.legacy_repr()})"
+                                  if hasattr(postproc, "legacy_repr") else "post-processing rejected it")
+    return sch
+
+
+def donor_trace(db, donor: Donor):
+    """The donor record's trace."""
+    from tvm.s_tir.meta_schedule.database import TuningRecord
+
+    return TuningRecord.from_json(json.loads(donor.record_json), db.workload_by_id(donor.workload_id)).trace
+
+
+def candidates(db, mod, target, model: str, batch: int, task_name: str, resolution: int,
+               exclude_wid: int | None, limit: int = 2) -> tuple[list[tuple[Donor, object]], list[str]]:
+    """Adapted schedules from the nearest tuned resolutions: ([(donor, schedule)], [skip reasons])."""
+    out, skipped = [], []
+    for donor in donors(db, model, batch, task_name, resolution, exclude_wid, limit):
+        try:
+            out.append((donor, adapt(donor_trace(db, donor), mod, target, task_name)))
+        except TransferSkipped as exc:
+            skipped.append(f"{task_name} from {donor.resolution}: {exc}")
+            log.info("transfer skipped: %s from %s: %s", task_name, donor.resolution, exc)
+    return out, skipped
