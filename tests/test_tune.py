@@ -197,7 +197,15 @@ def test_dry_run_plans_without_tuning(cli, tmp_path):
     assert result.exit_code == 0, result.output
     # 2 x 6 tasks; the fc, its flatten and nothing else are shared between the resolutions
     assert "12 tasks over 2 resolution(s) -> 10 unique (9 to search, 1 with one schedule)" in result.output
-    assert "budget 10 trials per task" in result.output
+    # transfer (the default): the anchor (40, the middle) gets the full share, the other tasks a quarter
+    assert "transfer: anchor 40 first, 5 tasks x 15 trials; the other 4 tasks x 3 trials" in result.output
+    assert "budget 15 trials per task (3 away from the anchor)" in result.output
+    independent = cli("tune", "--model", "tinyconv", "--res", "32,40", "--trials", "90", "--db", db, "--dry-run",
+                      "--no-transfer")
+    assert "budget 10 trials per task: 0 trials reused from the database, 91 new" in independent.output
+    assert "transfer: anchor" not in independent.output
+    bad = cli("tune", "--model", "tinyconv", "--res", "32,40", "--anchor", "48", "--db", db, "--dry-run")
+    assert bad.exit_code == 2 and "--anchor 48 is not one of the resolutions" in bad.output
     assert _records(db) == 0
 
 

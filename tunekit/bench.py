@@ -41,10 +41,12 @@ class Protocol:
     warmup_ms: float = 300.0
     repeats: int = 15
     min_repeat_ms: float = 50.0
+    gap_ms: float = 30.0
 
     def describe(self) -> str:
         return (f"warm-up {self.warmup_ms:.0f} ms (>= 3 calls); {self.repeats} repeats interleaved across backends, "
-                f"each >= {self.min_repeat_ms:.0f} ms of back-to-back calls; median and p10/p90 of per-call times")
+                f"each >= {self.min_repeat_ms:.0f} ms of back-to-back calls, {self.gap_ms:.0f} ms idle between "
+                "backends; median and p10/p90 of per-call times")
 
 
 def parse_backends(text: str | None) -> list[str]:
@@ -72,7 +74,10 @@ class _Timer:
             calls += 1
         self.number = max(1, int(np.ceil(protocol.min_repeat_ms / 1e3 / max(once, 1e-7))))
 
-    def repeat(self) -> None:
+    def repeat(self, gap_ms: float = 0.0) -> None:
+        # Idle first: thread pools (ONNX Runtime's, OpenMP's, TVM's) spin for a while after a run
+        # and would steal the cores from whichever backend runs next.
+        time.sleep(gap_ms / 1e3)
         t0 = time.perf_counter()
         for _ in range(self.number):
             self.call()
@@ -120,20 +125,43 @@ def _pick_layout(calls: dict[str, Callable], protocol: Protocol) -> str:
     timers = {name: _Timer(call, quick) for name, call in calls.items()}
     for _ in range(quick.repeats):
         for timer in timers.values():
-            timer.repeat()
+            timer.repeat(protocol.gap_ms)
     return min(timers, key=lambda name: timers[name].stats()["median_ms"])
 
 
-def _onnxruntime(graph, x: np.ndarray, threads: int) -> Callable[[], object] | None:
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        return None
+def has_onnxruntime() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("onnxruntime") is not None
+
+
+def _onnxruntime_samples(graph_bytes: bytes, x: np.ndarray, threads: int, protocol: Protocol) -> _Timer:
+    """ONNX Runtime timed in a process of its own (run through ``measure_isolated``)."""
+    timer = _Timer(_onnxruntime(graph_bytes, x, threads), protocol)
+    for _ in range(protocol.repeats):
+        timer.repeat(protocol.gap_ms)
+    timer.call = None  # the session does not cross the process boundary
+    return timer
+
+
+def measure_isolated(graph, x: np.ndarray, threads: int, protocol: Protocol) -> _Timer:
+    """Time ONNX Runtime in a fresh process: in-process, the other backends' thread pools (TVM pins
+    its workers to the cores) slowed it 2x here (6.3 ms alone, 14.3 ms beside TVM, resnet18 at 112)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(_onnxruntime_samples, graph.SerializeToString(), x, threads, protocol).result()
+
+
+def _onnxruntime(graph_bytes: bytes, x: np.ndarray, threads: int) -> Callable[[], object]:
+    import onnxruntime as ort
+
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
-    session = ort.InferenceSession(graph.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(graph_bytes, options, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     return lambda: session.run(None, {name: x})
 
@@ -194,17 +222,18 @@ def run(ctx: BenchContext, backends: list[str], protocol: Protocol = Protocol(),
             artifact = ctx.untuned_artifact(key)
             calls["untuned"] = _tvm_call(artifact, x)
             extra["untuned"] = {"artifact": str(artifact.path)}
-        if "onnxruntime" in backends:
-            call = _onnxruntime(graph, x, ctx.threads)
-            if call is None:
-                if not any("onnxruntime" in n for n in notes):
-                    notes.append("onnxruntime: skipped, not installed (pip install 'tunekit[ort]')")
-            else:
-                calls["onnxruntime"] = call
         timers = {name: _Timer(call, protocol) for name, call in calls.items()}
         for _ in range(protocol.repeats):
             for timer in timers.values():
-                timer.repeat()
+                timer.repeat(protocol.gap_ms)
+        if "onnxruntime" in backends:
+            if has_onnxruntime():
+                timers["onnxruntime"] = measure_isolated(graph, x, ctx.threads, protocol)
+                if not any("onnxruntime" in n for n in notes):
+                    notes.append("onnxruntime: timed in a process of its own, after the others (beside TVM's "
+                                 "thread pool it ran 2x slower)")
+            elif not any("onnxruntime" in n for n in notes):
+                notes.append("onnxruntime: skipped, not installed (pip install 'tunekit[ort]')")
         row = {"resolution": key.height, "height": key.height, "width": key.width, "batch": key.batch,
                "gmacs": cost.gmacs, "gflops": cost.gflops}
         for name, timer in timers.items():

@@ -427,6 +427,7 @@ def build(model, onnx_file, res, target, out, batch, weights, db_path, no_transf
     from tunekit import database, frontend
     from tunekit.keys import Key, model_name_for
     from tunekit.targets import resolve_target
+    from tunekit.tune import native_stderr_to
 
     _one_source(model, onnx_file)
     sides = _sides(res, model)
@@ -453,9 +454,12 @@ def build(model, onnx_file, res, target, out, batch, weights, db_path, no_transf
                    f"{check} -> {b.path}")
 
     keys = [Key(name, s, s, batch) for s in sides]
-    building.build(spec, keys, lambda k: frontend.onnx_graph(k, model=model, onnx_file=onnx_file, weights=weights),
-                   building.reference_for(model, onnx_file, weights), db, out_dir, on_done=done,
-                   transfer=not no_transfer)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with native_stderr_to(out_dir / "build.log"):  # TVM's C++ warnings
+        building.build(spec, keys, lambda k: frontend.onnx_graph(k, model=model, onnx_file=onnx_file,
+                                                                 weights=weights),
+                       building.reference_for(model, onnx_file, weights), db, out_dir, on_done=done,
+                       transfer=not no_transfer)
     click.echo(f"manifest: {out_dir / 'manifest.json'}")
 
 
@@ -519,6 +523,7 @@ def bench(model, onnx_file, res, target, artifacts, db_path, threads, batch, bac
     from tunekit import build as building
     from tunekit import database, frontend, runtime
     from tunekit.keys import Key, model_name_for
+    from tunekit.tune import native_stderr_to
 
     if onnx_file:
         from tunekit import onnxutil
@@ -536,7 +541,9 @@ def bench(model, onnx_file, res, target, artifacts, db_path, threads, batch, bac
     def built(key, db, out):
         file = building.artifact_name(key, spec)
         if not (out / file).is_file():
-            building.build(spec, [key], graph_of, reference, db, out)
+            out.mkdir(parents=True, exist_ok=True)
+            with native_stderr_to(scratch / "build.log"):  # TVM's C++ warnings
+                building.build(spec, [key], graph_of, reference, db, out)
         return runtime.load(out, file)
 
     def tuned(key):

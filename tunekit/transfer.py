@@ -144,5 +144,9 @@ def candidates(db, mod, target, model: str, batch: int, task_name: str, resoluti
             out.append((donor, adapt(donor_trace(db, donor), mod, target, task_name)))
         except TransferSkipped as exc:
             skipped.append(f"{task_name} from {donor.resolution}: {exc}")
-            log.info("transfer skipped: %s from %s: %s", task_name, donor.resolution, exc)
+        except Exception as exc:  # anything TVM raises on an odd trace skips that donor, never the run
+            skipped.append(f"{task_name} from {donor.resolution}: {type(exc).__name__}: "
+                           f"{str(exc).strip().splitlines()[-1][:200] if str(exc).strip() else ''}")
+    for reason in skipped:
+        log.info("transfer skipped: %s", reason)
     return out, skipped

@@ -21,21 +21,26 @@ def anchor_only(src: str, resolution: int, dst: str) -> None:
     print(f"{dst}: {kept} records of the tasks used at {resolution}")
 
 
-def per_resolution(db: str) -> dict[int, dict]:
-    """Trials and tuning wall-clock per resolution; a workload shared by several counts at its smallest."""
+def per_resolution(db: str, anchor: int = 224) -> dict[int, dict]:
+    """Trials and tuning wall-clock per resolution.
+
+    Each record is charged the time since the record before it (search, build and
+    measurement that produced it); a workload shared by several resolutions (the
+    classifier) counts at the one nearest ``anchor``.
+    """
     with sqlite3.connect(db) as conn:
-        rows = conn.execute("SELECT r.created, MIN(t.resolution) FROM records r JOIN tasks t"
-                            " ON t.workload_id = r.workload_id GROUP BY r.id").fetchall()
-    groups: dict[int, list[float]] = {}
-    for created, res in rows:
-        groups.setdefault(res, []).append(created)
-    order = sorted(groups, key=lambda r: min(groups[r]))
-    out, previous_end = {}, None
-    for res in order:
-        times = groups[res]
-        start = previous_end if previous_end is not None else min(times)
-        out[res] = {"trials": len(times), "wall_s": max(times) - start}
-        previous_end = max(times)
+        uses: dict[int, list[int]] = {}
+        for wid, res in conn.execute("SELECT workload_id, resolution FROM tasks"):
+            uses.setdefault(wid, []).append(res)
+        records = conn.execute("SELECT workload_id, created FROM records ORDER BY created").fetchall()
+    out: dict[int, dict] = {}
+    previous = None
+    for wid, created in records:
+        res = min(uses[wid], key=lambda r: (abs(r - anchor), r))
+        entry = out.setdefault(res, {"trials": 0, "wall_s": 0.0})
+        entry["trials"] += 1
+        entry["wall_s"] += created - previous if previous is not None else 0.0
+        previous = created
     return out
 
 
@@ -75,5 +80,7 @@ if __name__ == "__main__":
         header = Path(sys.argv[2], "HEADER.md")
         print(header.read_text() if header.is_file() else "", end="")
         print(table(sys.argv[2], sys.argv[3], sys.argv[4]))
+        footer = Path(sys.argv[2], "FOOTER.md")
+        print(footer.read_text() if footer.is_file() else "", end="")
     else:
         sys.exit(__doc__)
