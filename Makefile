@@ -22,12 +22,13 @@ $(STAMP): pyproject.toml
 
 # The main job on the embedded defaults: tune resnet18 at 112, 168 and 224 on this host into
 # tuning_logs/tunekit.db with a small budget (a few minutes on 2 cores; rerunning resumes and
-# is instant once done), then show what is tuned.
+# is instant once done), show what is tuned, then build it and measure it against PyTorch.
 DEMO_TRIALS ?= 2
 demo: install
 	$(BIN)/tunekit flops --model resnet18 --res 112..224
 	$(BIN)/tunekit tune --model resnet18 --res 112..224 --target host --trials-per-task $(DEMO_TRIALS)
 	$(BIN)/tunekit db list
+	$(BIN)/tunekit bench --model resnet18 --res 112..224 --target host --backends tuned,onednn,untuned --repeats 5
 
 # The reference benchmark: resnet18 at 112..448 on this host, tuned artifacts built from
 # tuning_logs/tunekit.db (whatever tuning exists; none means default schedules), against
