@@ -332,7 +332,7 @@ def measure_schedules(db, task: PlannedTask, schedules: list, source: str, targe
     'default', the one an untuned build falls back to) and schedules adapted
     from other resolutions (source 'transfer'). The evolutionary search seeds
     its population with the database's best, so the search starts from them and
-    the tuned result is never worse. Returns the mean seconds of each schedule
+    the tuned result measures no worse (up to noise). Returns the mean seconds of each schedule
     (None where it failed; failures are recorded as data).
     """
     from tvm.s_tir import meta_schedule as ms
