@@ -296,11 +296,8 @@ def default_threads(spec: TargetSpec) -> int:
 
 
 # ---------------------------------------------------------------- formatting
-COLUMNS = ("tuned", "onednn", "untuned", "onnxruntime")
-
-
 def _present(report: dict) -> list[str]:
-    return [b for b in COLUMNS if any(b in r for r in report["rows"])]
+    return [b for b in BACKENDS if any(b in r for r in report["rows"])]
 
 
 def tables(report: dict) -> list[tuple[str, list[str], list[list[str]]]]:
@@ -364,7 +361,7 @@ def to_csv(report: dict) -> str:
     writer.writerow(["resolution", "gflops", "backend", "median_ms", "p10_ms", "p90_ms", "images_per_s",
                      "gflops_per_s", "pct_peak"])
     for r in report["rows"]:
-        for b in COLUMNS:
+        for b in BACKENDS:
             if b in r:
                 s = r[b]
                 writer.writerow([r["resolution"], f"{r['gflops']:.4f}", b, f"{s['median_ms']:.4f}",
@@ -419,7 +416,7 @@ def compare(base: dict, new: dict, max_regression: float, backends: list[str] | 
         b = base_rows.get(r["resolution"])
         if b is None:
             continue
-        for name in backends or COLUMNS:
+        for name in backends or BACKENDS:
             if name not in r or name not in b:
                 continue
             old, cur = b[name], r[name]

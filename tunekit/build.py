@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ from typing import Callable
 import numpy as np
 
 from tunekit.errors import TunekitError
+from tunekit.export import write_json
 from tunekit.keys import Key
 from tunekit.runtime import MANIFEST, MANIFEST_KIND, ArtifactError, Artifact, has_cuda, sha256
 from tunekit.targets import TargetSpec
@@ -101,19 +101,16 @@ def _fold(mod, target):
 def _transfer(mod, names: list[str], key: Key, target, db) -> dict[str, int]:
     """Zero-search transfer: give tasks without records the adapted best schedule of the same task at the
     nearest tuned resolution. Returns {task name: donor resolution} for those that took one."""
-    import tvm
-
     from tunekit import fallback
     from tunekit import transfer as xfer
 
     taken = {}
     for name in names:
-        func = mod[name]
-        task = tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
-        adapted, _ = xfer.candidates(db, task, target, key.model, key.batch, name, key.height, None, limit=1)
+        adapted, _ = xfer.candidates(db, fallback.task_module(mod[name]), target, key.model, key.batch, name,
+                                     key.height, None, limit=1)
         if adapted:
             donor, sch = adapted[0]
-            mod[name] = sch.mod["main"].with_attr("global_symbol", name).with_attr(fallback.IS_SCHEDULED, True)
+            mod[name] = fallback.as_scheduled(sch, name)
             taken[name] = donor.resolution
     return taken
 
@@ -141,7 +138,7 @@ def compile_module(graph, spec: TargetSpec, db, key: Key | None = None,
     transferred = {}
     if transfer and db is not None and key is not None and spec.kind == "llvm":
         transferred = _transfer(mod, sorted(tasks - set(tuned)), key, target, db)
-    mod, _ = fallback.apply(mod, target)
+    mod = fallback.apply(mod, target)
     if spec.kind == "llvm":
         with target:
             mod = relax.transform.SplitLayoutRewritePreproc()(mod)
@@ -161,10 +158,7 @@ def _write_manifest(out: Path, entries: list[dict]) -> None:
     merged.update({e["file"]: e for e in entries})
     manifest = {"kind": MANIFEST_KIND,
                 "artifacts": sorted(merged.values(), key=lambda e: (e["model"], e["resolution"], e["file"]))}
-    with tempfile.NamedTemporaryFile("w", dir=out, suffix=".tmp", delete=False) as f:
-        json.dump(manifest, f, indent=2)
-    os.chmod(f.name, 0o644)
-    os.replace(f.name, path)
+    write_json(path, manifest)
 
 
 def sample_input(shape, seed: int = 0) -> np.ndarray:

@@ -566,7 +566,7 @@ def bench(model, onnx_file, res, target, artifacts, db_path, threads, batch, bac
     click.echo(f"protocol: {protocol.describe()}", err=True)
 
     def progress(row):
-        parts = [f"{b} {row[b]['median_ms']:.2f} ms" for b in benching.COLUMNS if b in row]
+        parts = [f"{b} {row[b]['median_ms']:.2f} ms" for b in benching.BACKENDS if b in row]
         click.echo(f"  {row['height']}x{row['width']}: " + ", ".join(parts), err=True)
 
     result = benching.run(ctx, chosen, protocol, on_row=progress)

@@ -160,6 +160,14 @@ def export_onnx(source: str | Path, sides: Iterable[int], out_dir: str | Path, b
     return results
 
 
+def write_json(path: Path, data) -> None:
+    """Write ``data`` as JSON to ``path`` atomically: a crash never leaves half a file."""
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as f:
+        json.dump(data, f, indent=2)
+    os.chmod(f.name, 0o644)
+    os.replace(f.name, path)
+
+
 def _write_manifest(out: Path, model: str, source: str, results: list[ExportResult]) -> None:
     """Merge ``results`` into ``out/manifest.json``, written atomically (a crash never leaves half a file)."""
     path = out / MANIFEST
@@ -168,7 +176,4 @@ def _write_manifest(out: Path, model: str, source: str, results: list[ExportResu
     entries.update({str(r.key): {**r.to_json(), "source": source} for r in results})
     manifest = {"kind": "tunekit-onnx-export", "opset": OPSET,
                 "exports": sorted(entries.values(), key=lambda e: (e["model"], e["resolution"], e["batch"]))}
-    with tempfile.NamedTemporaryFile("w", dir=out, suffix=".tmp", delete=False) as f:
-        json.dump(manifest, f, indent=2)
-    os.chmod(f.name, 0o644)
-    os.replace(f.name, path)
+    write_json(path, manifest)

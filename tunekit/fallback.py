@@ -20,17 +20,11 @@ thread, no vectors), on GPUs it does not build at all (no thread bindings).
 from __future__ import annotations
 
 import logging
+import math
 
 log = logging.getLogger("tunekit.fallback")
 
 IS_SCHEDULED = "tirx.is_scheduled"
-
-
-def _prod(values) -> int:
-    out = 1
-    for v in values:
-        out *= int(v)
-    return out
 
 
 def _factor(extent: int, cap: int) -> int:
@@ -61,7 +55,7 @@ def heuristic_decisions(trace) -> dict:
     for group in groups:
         spatial = [i for i in group if int(i.attrs[0]) == 4]
         reduction = [i for i in group if int(i.attrs[0]) == 2]
-        extents = [_prod(trace.decisions[i]) for i in spatial]
+        extents = [math.prod(int(x) for x in trace.decisions[i]) for i in spatial]
         if not spatial:
             continue
         last = len(spatial) - 1
@@ -79,7 +73,7 @@ def heuristic_decisions(trace) -> dict:
             else:
                 decisions[inst] = [extent, 1, 1, 1]
         for inst in reduction:
-            extent = _prod(trace.decisions[inst])
+            extent = math.prod(int(x) for x in trace.decisions[inst])
             inner = _factor(extent, 8) if extent > 8 else extent
             decisions[inst] = [extent // inner, inner]
     for inst in trace.insts:
@@ -90,27 +84,56 @@ def heuristic_decisions(trace) -> dict:
     return decisions
 
 
-def cpu_schedule(mod, target, name: str):
-    """The default CPU schedule of a one-function IRModule as a MetaSchedule ``Schedule`` (with its
-    trace, so it can be measured and stored like any tuning candidate), or None."""
-    from tvm.s_tir import Schedule
+def task_module(func):
+    """A model's PrimFunc as the one-function IRModule MetaSchedule schedules (entry ``main``)."""
+    import tvm
+
+    return tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
+
+
+def as_scheduled(sch, name: str):
+    """``sch``'s function, named ``name`` again and marked scheduled, to put back into the model."""
+    return sch.mod["main"].with_attr("global_symbol", name).with_attr(IS_SCHEDULED, True)
+
+
+def design_spaces(mod, target, name: str) -> tuple[list, list]:
+    """MetaSchedule's design spaces of a one-function module, and its post-processors for ``target``."""
     from tvm.s_tir import meta_schedule as ms
 
     ctx = ms.TuneContext(mod=mod, target=target, space_generator="post-order-apply", task_name=name,
                          rand_state=0, num_threads=1)
-    postprocs = ctx.space_generator.postprocs
-    spaces = ctx.generate_design_space()
-    for space in spaces[:1]:
-        trace = space.trace
+    return list(ctx.generate_design_space()), list(ctx.space_generator.postprocs)
+
+
+def replay(mod, trace, postprocs):
+    """A fresh schedule of ``mod`` with ``trace``'s decisions, post-processed as MetaSchedule does its own
+    candidates. Raises ValueError saying why the trace does not apply."""
+    from tvm.s_tir import Schedule
+
+    sch = Schedule(mod)
+    try:
+        trace.apply_to_schedule(sch, remove_postproc=True)
+        sch.enter_postproc()  # marks where postprocessing starts, as MetaSchedule's own candidates do
+        rejected = next((p for p in postprocs if not p.apply(sch)), None)
+    except Exception as exc:  # a decision the schedule primitives reject
+        raise ValueError(f"replay failed: {str(exc).strip().splitlines()[-1][:200]}") from None
+    if rejected is not None:
+        raise ValueError(f"post-processing rejected it ({rejected.legacy_repr()})"
+                         if hasattr(rejected, "legacy_repr") else "post-processing rejected it")
+    return sch
+
+
+def cpu_schedule(mod, target, name: str):
+    """The default CPU schedule of a one-function IRModule as a MetaSchedule ``Schedule`` (with its
+    trace, so it can be measured and stored like any tuning candidate), or None."""
+    spaces, postprocs = design_spaces(mod, target, name)
+    if spaces:
+        trace = spaces[0].trace
         for inst, decision in heuristic_decisions(trace).items():
             trace = trace.with_decision(inst, decision, remove_postproc=True)
-        sch = Schedule(mod)
         try:
-            trace.apply_to_schedule(sch, remove_postproc=True)
-            sch.enter_postproc()  # marks where postprocessing starts, as MetaSchedule's own candidates do
-            if all(p.apply(sch) for p in postprocs):
-                return sch
-        except Exception as exc:  # a decision the schedule primitives reject
+            return replay(mod, trace, postprocs)
+        except ValueError as exc:
             log.info("%s: heuristic schedule rejected (%s); using the sampled one", name, exc)
     for space in spaces:
         space.enter_postproc()
@@ -119,30 +142,25 @@ def cpu_schedule(mod, target, name: str):
     return None
 
 
-def apply(mod, target) -> tuple[object, list[str]]:
-    """Give every unscheduled PrimFunc of ``mod`` a default schedule; returns (mod, names scheduled here)."""
+def apply(mod, target):
+    """``mod`` with a default schedule for every PrimFunc that has none."""
     import tvm
 
     if target.kind.name != "llvm":
         from tvm.s_tir import dlight as dl
 
-        before = {gv.name_hint for gv, f in mod.functions.items()
-                  if isinstance(f, tvm.tirx.PrimFunc) and not f.attrs.get(IS_SCHEDULED)}
         with target:
-            mod = dl.ApplyDefaultSchedule(dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(),
-                                          dl.gpu.GeneralReduction(), dl.gpu.Fallback())(mod)
-        return mod, sorted(before)
-    done = []
+            return dl.ApplyDefaultSchedule(dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(),
+                                           dl.gpu.GeneralReduction(), dl.gpu.Fallback())(mod)
     updates = {}
     for gv, func in mod.functions.items():
         if not isinstance(func, tvm.tirx.PrimFunc) or func.attrs.get(IS_SCHEDULED):
             continue
-        sch = cpu_schedule(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target, gv.name_hint)
+        sch = cpu_schedule(task_module(func), target, gv.name_hint)
         if sch is None:
             log.warning("%s: no default schedule applies; compiled unscheduled", gv.name_hint)
             continue
-        updates[gv] = sch.mod["main"].with_attr("global_symbol", gv.name_hint).with_attr(IS_SCHEDULED, True)
-        done.append(gv.name_hint)
+        updates[gv] = as_scheduled(sch, gv.name_hint)
     for gv, func in updates.items():
         mod[gv] = func
-    return mod, sorted(done)
+    return mod

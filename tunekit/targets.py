@@ -96,7 +96,8 @@ def detect_host() -> TargetSpec:
     # Peak needs the top (boost) clock: /proc/cpuinfo's MHz is the current one, and boost
     # clocks beat it by 40% on this EPYC, so a peak from it is exceeded in practice. Unknown
     # (None) when the OS does not report a maximum, as in most VMs.
-    top_mhz = (psutil.cpu_freq().max if psutil.cpu_freq() else 0.0) or 0.0
+    freq = psutil.cpu_freq()
+    top_mhz = (freq.max if freq else 0.0) or 0.0
     peak = round(cores * top_mhz / 1e3 * _flops_per_cycle(flags, mcpu), 1) if top_mhz else None
     isa = [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16") if f in flags]
     return TargetSpec(

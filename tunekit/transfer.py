@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import dataclass
 
 log = logging.getLogger("tunekit.transfer")
@@ -67,13 +68,6 @@ def _sampling_kinds(trace) -> list[str]:
     return [inst.kind.name for inst in trace.simplified(remove_postproc=True).insts]
 
 
-def _prod(values) -> int:
-    out = 1
-    for v in values:
-        out *= int(v)
-    return out
-
-
 def refit(tiles: list[int], extent: int) -> list[int]:
     """Tile sizes for ``extent`` close to ``tiles`` (outer..inner): inner levels keep their size when it divides."""
     out = []
@@ -87,13 +81,11 @@ def refit(tiles: list[int], extent: int) -> list[int]:
 
 def adapt(donor_trace, mod, target, name: str = "main"):
     """A MetaSchedule ``Schedule`` of ``mod`` following ``donor_trace`` (re-fitted), or TransferSkipped."""
-    from tvm.s_tir import Schedule
-    from tvm.s_tir import meta_schedule as ms
+    from tunekit import fallback
 
-    ctx = ms.TuneContext(mod=mod, target=target, space_generator="post-order-apply", task_name=name,
-                         rand_state=0, num_threads=1)
+    spaces, postprocs = fallback.design_spaces(mod, target, name)
     wanted, shape = _sampling_kinds(donor_trace), _shape_of(donor_trace)
-    spaces = [s for s in ctx.generate_design_space() if _sampling_kinds(s.trace) == wanted]
+    spaces = [s for s in spaces if _sampling_kinds(s.trace) == wanted]
     spaces.sort(key=lambda s: _shape_of(s.trace) != shape)  # the exact same space first
     if not spaces:
         raise TransferSkipped("no design space of the new shape has the donor's instructions")
@@ -108,24 +100,17 @@ def adapt(donor_trace, mod, target, name: str = "main"):
         if old_inst.kind.name != inst.kind.name:
             raise TransferSkipped(f"decision kinds differ ({old_inst.kind.name} vs {inst.kind.name})")
         if inst.kind.name == "SamplePerfectTile":
-            extent = _prod(space.decisions[inst])
+            extent = math.prod(int(x) for x in space.decisions[inst])
             decision = [int(x) for x in old]
-            if _prod(decision) != extent:
+            if math.prod(decision) != extent:
                 decision = refit(decision, extent)
         else:
             decision = old
         trace = trace.with_decision(inst, decision, remove_postproc=True)
-    sch = Schedule(mod)
     try:
-        trace.apply_to_schedule(sch, remove_postproc=True)
-    except Exception as exc:  # a decision the new loops reject (e.g. a compute location)
-        raise TransferSkipped(f"replay failed: {str(exc).strip().splitlines()[-1][:200]}") from None
-    sch.enter_postproc()
-    for postproc in ctx.space_generator.postprocs:
-        if not postproc.apply(sch):
-            raise TransferSkipped(f"post-processing rejected it ({postproc.legacy_repr()})"
-                                  if hasattr(postproc, "legacy_repr") else "post-processing rejected it")
-    return sch
+        return fallback.replay(mod, trace, postprocs)
+    except ValueError as exc:  # e.g. a compute location the new loops reject
+        raise TransferSkipped(str(exc)) from None
 
 
 def donor_trace(db, donor: Donor):

@@ -103,11 +103,10 @@ class TuneResult:
 
 def _has_search_space(task_mod, target) -> bool:
     """Whether MetaSchedule's design space for ``task_mod`` has any decision to search."""
-    from tvm.s_tir import meta_schedule as ms
+    from tunekit.fallback import design_spaces
 
-    ctx = ms.TuneContext(mod=task_mod, target=target, space_generator="post-order-apply",
-                         search_strategy="evolutionary", num_threads=1)
-    return any(len(sch.trace.decisions) > 0 for sch in ctx.generate_design_space())
+    spaces, _ = design_spaces(task_mod, target, "main")
+    return any(len(sch.trace.decisions) > 0 for sch in spaces)
 
 
 TRANSFER_SHARE = 0.25
