@@ -17,7 +17,8 @@ def report(tmp_path_factory):
     from tunekit.cli import main
 
     root = tmp_path_factory.mktemp("bench")
-    args = ["bench", "--model", "tinyconv", "--res", "32,48", "--db", str(root / "none.db"), "--repeats", "5",
+    args = ["bench", "--model", "tinyconv", "--res", "32,48", "--db", str(root / "none.db"), "--repeats", "3",
+            "--processes", "2",
             "--output", str(root / "r.json"), "--output", str(root / "r.md"), "--output", str(root / "r.csv"),
             "--plot", str(root / "r.png")]
     result = CliRunner().invoke(main, args, catch_exceptions=False)
@@ -30,24 +31,32 @@ def test_json_has_every_field(report):
     assert data["model"] == "tinyconv" and data["threads"] >= 1 and data["batch"] == 1
     assert data["machine"]["cpu"] and data["machine"]["cores"] >= 1 and isinstance(data["machine"]["isa"], list)
     assert {"torch", "onednn", "tvm"} <= set(data["versions"])
-    assert data["protocol"]["repeats"] == 5 and "median" in data["protocol"]["text"]
+    assert data["protocol"]["repeats"] == 3 and data["protocol"]["processes"] == 2
+    assert "median" in data["protocol"]["text"] and "worker process per backend" in data["protocol"]["isolation"]
+    assert data["peak"]["gflops"] > 0 and "MatMul" in data["peak"]["how"]
+    assert data["machine"]["mcpu"]
     assert [r["resolution"] for r in data["rows"]] == [32, 48]
     for row in data["rows"]:
-        for backend in ("tuned", "onednn", "untuned", "onnxruntime"):
+        for backend in bench.BACKENDS:
             assert BACKEND_FIELDS <= set(row[backend]), backend
             s = row[backend]
             assert 0 < s["p10_ms"] <= s["median_ms"] <= s["p90_ms"]
+            assert s["samples"] == 6 and len(s["raw_ms"]) == 6 and len(s["process_medians_ms"]) == 2
+            assert 0 < s["pct_peak"]
         assert row["onednn"]["layout"] in ("NCHW", "channels_last")
         assert row["speedup_vs_onednn"] == pytest.approx(row["onednn"]["median_ms"] / row["tuned"]["median_ms"])
-    assert set(data["scaling_efficiency"]) == {"tuned", "onednn", "untuned", "onnxruntime"}
+        fastest = row["speedup_vs_fastest_library"]
+        assert fastest["ratio"] == pytest.approx(row[fastest["backend"]]["median_ms"] / row["tuned"]["median_ms"])
+    assert set(data["scaling_efficiency"]) == set(bench.BACKENDS)
 
 
 def test_markdown_csv_and_plot_are_written(report):
     root, data, output = report
     md = (root / "r.md").read_text()
-    assert "| res | GFLOPs | tuned ms | onednn ms | untuned ms | onnxruntime ms | speedup vs oneDNN |" in md
-    assert "Command: `tunekit bench --model tinyconv" in md
-    assert (root / "r.csv").read_text().count("\n") == 1 + 2 * 4
+    assert ("| res | GFLOPs | tuned ms | onednn ms | untuned ms | onnxruntime ms | openvino ms | speedup vs oneDNN |"
+            " speedup vs fastest library |") in md
+    assert "Command: `tunekit bench --model tinyconv" in md and "spread across processes" in md
+    assert (root / "r.csv").read_text().count("\n") == 1 + 2 * 5
     assert (root / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "latency, ms" in output and "throughput" in output
 
@@ -107,3 +116,70 @@ def test_artifacts_missing_a_resolution(cli, tmp_path):
     result = cli("bench", "--model", "tinyconv", "--res", "32,48", "--artifacts", out, "--backends", "tuned",
                  "--repeats", "3")
     assert result.exit_code == 2 and "has no tinyconv-48x48-b1.host.so" in result.output
+
+
+def test_every_backend_runs_in_fresh_worker_processes_of_its_own(tmp_path):
+    """The mechanism behind the fair race: one process per backend and per round, never the caller's."""
+    import os
+
+    from tunekit.export import torch_to_onnx
+    from tunekit.frontend import zoo_model
+    from tunekit.keys import Key
+
+    key = Key("tinyconv", 32, 32)
+    path = tmp_path / "t.onnx"
+    path.write_bytes(torch_to_onnx(zoo_model("tinyconv", None), key).SerializeToString())
+    jobs = {b: [bench.Job(key, str(path), model="tinyconv")] for b in ("onednn", "onnxruntime")}
+    protocol = bench.Protocol(warmup_ms=20, repeats=3, processes=2, min_repeat_ms=5)
+    (per_key,), errors = bench.race(jobs, 1, protocol)
+    assert errors == {}
+    pids = {b: set(per_key[b].pids) for b in jobs}
+    assert all(len(p) == 2 for p in pids.values())  # a fresh process per round
+    assert not pids["onednn"] & pids["onnxruntime"] and os.getpid() not in pids["onednn"] | pids["onnxruntime"]
+    assert all(len(per_key[b].pairs) == 6 for b in jobs)
+
+
+def test_a_backend_that_fails_in_its_worker_is_one_line_and_the_others_go_on(tmp_path):
+    from tunekit.export import torch_to_onnx
+    from tunekit.frontend import zoo_model
+    from tunekit.keys import Key
+
+    key = Key("tinyconv", 32, 32)
+    good = tmp_path / "t.onnx"
+    good.write_bytes(torch_to_onnx(zoo_model("tinyconv", None), key).SerializeToString())
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not a model")
+    jobs = {"onnxruntime": [bench.Job(key, str(bad))], "onednn": [bench.Job(key, str(good), model="tinyconv")]}
+    protocol = bench.Protocol(warmup_ms=20, repeats=3, processes=1, min_repeat_ms=5)
+    (per_key,), errors = bench.race(jobs, 1, protocol)
+    assert set(errors) == {"onnxruntime"} and "\n" not in errors["onnxruntime"]
+    assert errors["onnxruntime"].startswith("onnxruntime: ")
+    assert len(per_key["onednn"].pairs) == 3
+
+
+def test_a_worker_that_dies_is_reported_not_hung():
+    import signal
+
+    worker = bench._Worker("onednn", 1)
+    try:
+        worker.proc.kill()
+        worker.proc.join()
+        with pytest.raises(bench.WorkerError, match=f"onednn: its worker process died \\(exit code -{signal.SIGKILL}\\)"):
+            worker.ask("repeat", timeout=30)
+    finally:
+        worker.close()
+
+
+def test_isolation_check_reports_race_against_solo(cli, tmp_path):
+    out = tmp_path / "iso.json"
+    result = cli("bench", "--model", "tinyconv", "--res", "32", "--db", tmp_path / "none.db", "--backends",
+                 "untuned,onnxruntime", "--repeats", "3", "--processes", "1", "--isolation-check", "--output", out)
+    assert result.exit_code == 0, result.output
+    assert "isolation check" in result.output
+    data = json.loads(out.read_text())
+    assert data["protocol"]["isolation_check"] is True
+    for b in ("untuned", "onnxruntime"):
+        solo = data["rows"][0][b]["solo"]
+        assert solo["median_ms"] > 0 and solo["tolerance"] >= 0.05
+        assert solo["deviation"] == pytest.approx(data["rows"][0][b]["median_ms"] / solo["median_ms"] - 1)
+        assert solo["agrees"] == (abs(solo["deviation"]) <= solo["tolerance"])

@@ -185,3 +185,67 @@ def test_bad_build_inputs(cli, tmp_path):
     assert result.exit_code == 2
     with pytest.raises(ArtifactError, match="no manifest.json"):
         tunekit.load_bundle(tmp_path)
+
+
+THREADS_PROBE = textwrap.dedent("""
+    import json, os, sys
+    import numpy as np
+    import tunekit, tvm
+    before = sorted(os.sched_getaffinity(0))
+    threads = int(sys.argv[2]) if len(sys.argv) > 2 else None
+    net = tunekit.load(sys.argv[1], threads=threads)
+    net.run(np.zeros(net.input["shape"], np.float32))
+    print(json.dumps({"threads": net.threads, "pool": tvm.get_global_func("runtime.NumThreads")(),
+                      "before": before, "after": sorted(os.sched_getaffinity(0))}))
+""")
+
+
+@pytest.mark.parametrize("threads", [None, 1])
+def test_loaded_artifact_runs_on_the_target_threads_and_leaves_affinity(built, tmp_path, threads):
+    """TVM alone would take half the logical CPUs and pin the caller to one core; load must do neither."""
+    import os
+
+    out, _ = built
+    env = {k: v for k, v in os.environ.items() if k not in ("TVM_NUM_THREADS", "OMP_NUM_THREADS")}
+    args = [sys.executable, "-c", THREADS_PROBE, str(out / "tinyconv-32x32-b1.host.so")]
+    probe = subprocess.run(args + ([str(threads)] if threads else []), capture_output=True, text=True, env=env,
+                           timeout=300)
+    assert probe.returncode == 0, probe.stderr
+    got = json.loads(probe.stdout.strip().splitlines()[-1])
+    entry = json.loads((out / "manifest.json").read_text())["artifacts"][0]
+    want = threads or min(entry["threads"], len(os.sched_getaffinity(0)))
+    assert got["threads"] == got["pool"] == want
+    assert got["after"] == got["before"]
+
+
+def test_default_schedules_follow_the_vector_isa(tmp_path):
+    """16-lane tiles on AVX-512, 8 on AVX2, and the register block never exceeds half the register file."""
+    from tunekit import fallback, frontend
+    from tunekit.keys import Key
+    from tunekit.targets import resolve_target
+
+    graph = frontend.onnx_graph(Key("tinyconv", 64, 64), model="tinyconv")
+    isas = {}
+    for mcpu, isa in (("znver4", "avx512"), ("haswell", "avx2"), ("znver1", "avx2")):
+        target = resolve_target(json.dumps({"kind": "llvm", "mcpu": mcpu, "num-cores": 2})).tvm_target()
+        assert fallback.vector_isa(target).name == isa
+        isas[mcpu] = fallback.vector_isa(target)
+        tasks, _ = frontend.runtime_tasks(frontend.prepare(frontend.to_relax(graph)[0], target), target)
+        conv = next(t for t in tasks if "conv2d" in t.name)
+        spaces, _ = fallback.design_spaces(conv.mod, target, conv.name)
+        decisions = fallback.heuristic_decisions(spaces[0].trace, isas[mcpu])
+        tiles = [d for inst, d in decisions.items() if inst.kind.name == "SamplePerfectTile" and len(d) == 4]
+        lanes = tiles[-1][-1]  # the innermost tile of the last spatial loop (W)
+        block = max(t[-1] for t in tiles[:-1])  # the register block of the channels
+        assert lanes <= isas[mcpu].lanes and block <= isas[mcpu].channel_block
+        assert lanes * block <= isas[mcpu].lanes * isas[mcpu].registers // 2  # accumulators fit
+    assert (isas["znver4"].lanes, isas["haswell"].lanes) == (16, 8)
+
+
+def test_an_avx2_build_runs_and_verifies_here(cli, tmp_path):
+    """The i7-4790k / tr-2990wx class: AVX2 code built and verified on whatever x86 host this is."""
+    out = tmp_path / "avx2"
+    result = cli("build", "--model", "tinyconv", "--res", "32", "--out", out, "--db", tmp_path / "n.db",
+                 "--target", '{"kind": "llvm", "mcpu": "haswell", "num-cores": 2}')
+    assert result.exit_code == 0, result.output
+    assert "max |err|" in result.output

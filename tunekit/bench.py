@@ -1,17 +1,43 @@
-"""Tuned TVM against PyTorch on oneDNN (and untuned TVM, ONNX Runtime), side by side per resolution.
+"""Tuned TVM against the libraries a user would deploy instead, side by side per resolution.
 
-Every backend runs the same static-shape model on the same seeded input with
-the same thread count, under one frozen protocol (``Protocol``). Repeats are
-interleaved across backends (repeat 1 of every backend, then repeat 2, ...), so
-a slow minute on a noisy machine hits every backend alike.
+Backends: ``tuned`` (the built artifact), ``untuned`` (TVM with default
+schedules), ``onednn`` (PyTorch eager), ``onnxruntime`` and ``openvino``. Every
+backend runs the same static-shape model on the same seeded input with the same
+thread count, under one frozen protocol (``Protocol``).
+
+How the race is kept fair (measured on 2 Zen 4 cores, resnet18 at 112): after
+its last call, TVM's thread pool keeps a worker spinning on one core for about
+160 ms (``TVM_THREAD_POOL_SPIN_COUNT``), ONNX Runtime's pool for about 40 ms,
+PyTorch's OpenMP team for about 8 ms. The earlier protocol idled a fixed 30 ms
+between backends in one process, so PyTorch often ran beside TVM's spinning
+worker: 12-24 ms per call in the race against 11 ms alone. Making a backend
+spin less (OMP_WAIT_POLICY=PASSIVE made PyTorch 24 ms) would time it unlike a
+user runs it. So:
+
+- every backend runs in a worker process of its own, so thread pools, pinned
+  affinities (TVM pins its threads) and allocators never meet;
+- after warm-up and after every repeat, a worker waits until its own process
+  has gone quiet (all its threads together below ``quiet_pct`` of one core over
+  ``quiet_window_ms``) before it answers; only then does the next backend run.
+  The settle time is measured, not guessed, so it holds for any pool and CPU;
+- repeats are interleaved across backends (repeat 1 of each, then repeat 2,
+  with the order rotated every repeat), so drift on a noisy machine hits every
+  backend alike;
+- one process is one sample: the whole sweep runs in ``processes`` fresh rounds
+  of workers, and the report gives the spread across processes beside the
+  spread within them.
+
+``--isolation-check`` times every backend again alone (its worker the only
+one alive) and reports how far the race figure is from the solo one.
 """
 
 from __future__ import annotations
 
+import gc
 import os
 import re
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -21,32 +47,49 @@ from tunekit.errors import TunekitError
 from tunekit.keys import Key
 from tunekit.targets import TargetSpec
 
-BACKENDS = ("tuned", "onednn", "untuned", "onnxruntime")
+BACKENDS = ("tuned", "onednn", "untuned", "onnxruntime", "openvino")
+OPTIONAL = {"onnxruntime": "onnxruntime", "openvino": "openvino"}  # backend -> Python module
 
 
 class BenchError(TunekitError):
     """A benchmark that cannot run as asked (unknown backend, missing artifacts, GPU target without GPU)."""
 
 
+class WorkerError(BenchError):
+    """A backend's worker process failed (the message is one line); the other backends go on."""
+
+
 @dataclass(frozen=True)
 class Protocol:
     """How every backend is timed.
 
-    Warm up for ``warmup_ms`` (at least 3 calls), then ``repeats`` repeats; each
-    repeat is ``number`` back-to-back calls, ``number`` chosen once so a repeat
-    lasts at least ``min_repeat_ms``. A repeat's time / ``number`` is one sample;
-    the report gives the median and the 10th / 90th percentiles of the samples.
+    In each of ``processes`` rounds, every backend gets a fresh worker process.
+    Per resolution, a worker warms up for ``warmup_ms`` (at least 3 calls), then
+    runs ``repeats`` repeats; a repeat is one untimed call, then ``number`` back-to-back calls, ``number``
+    chosen so a repeat lasts at least ``min_repeat_ms``, and its time / ``number``
+    is one sample. So each backend gets ``processes x repeats`` samples per
+    resolution; the report gives their median and 10th / 90th percentiles, and
+    the median of each process. Before answering, a worker waits until its own
+    threads use less than ``quiet_pct`` % of a core over ``quiet_window_ms``
+    (at most ``max_settle_ms``).
     """
 
     warmup_ms: float = 300.0
-    repeats: int = 15
+    repeats: int = 10
+    processes: int = 3
     min_repeat_ms: float = 50.0
-    gap_ms: float = 30.0
+    quiet_pct: float = 10.0
+    quiet_window_ms: float = 10.0
+    max_settle_ms: float = 3000.0
 
     def describe(self) -> str:
-        return (f"warm-up {self.warmup_ms:.0f} ms (>= 3 calls); {self.repeats} repeats interleaved across backends, "
-                f"each >= {self.min_repeat_ms:.0f} ms of back-to-back calls, {self.gap_ms:.0f} ms idle between "
-                "backends; median and p10/p90 of per-call times")
+        return (f"{self.processes} fresh processes per backend, one worker process per backend; in each, warm-up "
+                f"{self.warmup_ms:.0f} ms (>= 3 calls) then {self.repeats} repeats interleaved across backends "
+                f"(order rotated), each one untimed call then >= {self.min_repeat_ms:.0f} ms of back-to-back calls; a backend "
+                f"runs only "
+                f"after the previous one's threads went quiet (< {self.quiet_pct:.0f}% of a core over "
+                f"{self.quiet_window_ms:.0f} ms); median and p10/p90 of {self.processes * self.repeats} per-call "
+                "samples, and the spread of the per-process medians")
 
 
 def parse_backends(text: str | None) -> list[str]:
@@ -59,12 +102,19 @@ def parse_backends(text: str | None) -> list[str]:
     return names
 
 
+def installed(backend: str) -> bool:
+    """Whether an optional backend's library is importable (ONNX Runtime, OpenVINO)."""
+    import importlib.util
+
+    module = OPTIONAL.get(backend)
+    return module is None or importlib.util.find_spec(module) is not None
+
+
 class _Timer:
-    """One backend's calls and its samples under a protocol."""
+    """One backend's calls and its samples under a protocol (runs inside the backend's worker)."""
 
     def __init__(self, call: Callable[[], object], protocol: Protocol):
         self.call = call
-        self.samples: list[float] = []
         end = time.perf_counter() + protocol.warmup_ms / 1e3
         calls = 0
         while calls < 3 or time.perf_counter() < end:
@@ -74,19 +124,30 @@ class _Timer:
             calls += 1
         self.number = max(1, int(np.ceil(protocol.min_repeat_ms / 1e3 / max(once, 1e-7))))
 
-    def repeat(self, gap_ms: float = 0.0) -> None:
-        # Idle first: thread pools (ONNX Runtime's, OpenMP's, TVM's) spin for a while after a run
-        # and would steal the cores from whichever backend runs next.
-        time.sleep(gap_ms / 1e3)
+    def repeat(self) -> float:
+        # One untimed call first: the backend that ran before evicted this one's weights from the caches,
+        # and the cores may have clocked down while idle; a backend running alone never sees either.
+        self.call()
         t0 = time.perf_counter()
         for _ in range(self.number):
             self.call()
-        self.samples.append((time.perf_counter() - t0) / self.number)
+        return (time.perf_counter() - t0) / self.number
 
-    def stats(self) -> dict:
-        ms = np.array(self.samples) * 1e3
-        return {"median_ms": float(np.median(ms)), "p10_ms": float(np.percentile(ms, 10)),
-                "p90_ms": float(np.percentile(ms, 90)), "samples": len(ms), "calls_per_repeat": self.number}
+
+def settle(protocol: Protocol) -> float:
+    """Wait until this process's threads have gone quiet; returns the ms waited.
+
+    ``time.process_time`` counts the CPU time of every thread of the process, so
+    a pool still spinning after the last call shows as busy.
+    """
+    start = time.perf_counter()
+    while True:
+        c0, w0 = time.process_time(), time.perf_counter()
+        time.sleep(protocol.quiet_window_ms / 1e3)
+        busy = (time.process_time() - c0) / max(time.perf_counter() - w0, 1e-9)
+        waited = (time.perf_counter() - start) * 1e3
+        if busy * 100 < protocol.quiet_pct or waited > protocol.max_settle_ms:
+            return waited
 
 
 def torch_versions() -> dict:
@@ -98,81 +159,239 @@ def torch_versions() -> dict:
             "mkldnn_enabled": bool(torch.backends.mkldnn.is_available())}
 
 
-def _pytorch(net, x: np.ndarray) -> tuple[Callable[[], object], Callable[[], object]]:
-    """PyTorch eager on oneDNN: (NCHW call, channels_last call)."""
+# ------------------------------------------------------- backends (in workers)
+@dataclass(frozen=True)
+class Job:
+    """What a worker needs to run one backend at one resolution (picklable)."""
+
+    key: Key
+    onnx: str  # the static-shape ONNX file
+    artifact: tuple[str, str] | None = None  # (directory, file) for tuned / untuned
+    model: str | None = None  # zoo model name, for onednn
+    weights: str | None = None
+    seed: int = 0
+
+    def input(self) -> np.ndarray:
+        return np.random.default_rng(self.seed).standard_normal(self.key.input_shape, dtype=np.float32)
+
+
+def _tvm(job: Job, threads: int, protocol: Protocol):
+    import tvm
+
+    from tunekit import runtime
+
+    artifact = runtime.load(job.artifact[0], job.artifact[1], threads=threads)
+    tensor = tvm.runtime.tensor(job.input(), artifact.device)
+    main, sync = artifact._main, artifact.device.sync
+    entry = artifact.entry
+    return (lambda: (main(tensor), sync())), {"artifact": str(artifact.path), "tuned_tasks": entry["tuned"],
+                                              "fallback_tasks": entry["fallback"]}
+
+
+def _onednn(job: Job, threads: int, protocol: Protocol):
+    """PyTorch eager on oneDNN, in whichever of NCHW and channels_last is faster here (reported)."""
     import copy
 
     import torch
 
-    inputs = {"NCHW": (net, torch.from_numpy(x))}
-    last = copy.deepcopy(net).to(memory_format=torch.channels_last)
-    inputs["channels_last"] = (last, torch.from_numpy(x).contiguous(memory_format=torch.channels_last))
+    from tunekit.frontend import zoo_model
 
-    def caller(layout):
-        model, tensor = inputs[layout]
+    torch.set_num_threads(threads)
+    net = zoo_model(job.model, job.weights).eval()
+    x = torch.from_numpy(job.input())
+    variants = {"NCHW": (net, x),
+                "channels_last": (copy.deepcopy(net).to(memory_format=torch.channels_last),
+                                  x.contiguous(memory_format=torch.channels_last))}
 
+    def caller(model, tensor):
         def call():
             with torch.inference_mode():
                 return model(tensor)
         return call
 
-    return caller("NCHW"), caller("channels_last")
+    quick = Protocol(warmup_ms=protocol.warmup_ms / 2, min_repeat_ms=protocol.min_repeat_ms)
+    times = {}
+    for layout, (model, tensor) in variants.items():
+        timer = _Timer(caller(model, tensor), quick)
+        times[layout] = min(timer.repeat() for _ in range(5))
+    layout = min(times, key=times.get)
+    return caller(*variants[layout]), {"layout": layout}
 
 
-def _pick_layout(calls: dict[str, Callable], protocol: Protocol) -> str:
-    """The faster PyTorch layout, by the median of a short interleaved trial."""
-    quick = Protocol(warmup_ms=protocol.warmup_ms, repeats=5, min_repeat_ms=protocol.min_repeat_ms)
-    timers = {name: _Timer(call, quick) for name, call in calls.items()}
-    for _ in range(quick.repeats):
-        for timer in timers.values():
-            timer.repeat(protocol.gap_ms)
-    return min(timers, key=lambda name: timers[name].stats()["median_ms"])
-
-
-def has_onnxruntime() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("onnxruntime") is not None
-
-
-def _onnxruntime_samples(graph_bytes: bytes, x: np.ndarray, threads: int, protocol: Protocol) -> _Timer:
-    """ONNX Runtime timed in a process of its own (run through ``measure_isolated``)."""
-    timer = _Timer(_onnxruntime(graph_bytes, x, threads), protocol)
-    for _ in range(protocol.repeats):
-        timer.repeat(protocol.gap_ms)
-    timer.call = None  # the session does not cross the process boundary
-    return timer
-
-
-def measure_isolated(graph, x: np.ndarray, threads: int, protocol: Protocol) -> _Timer:
-    """Time ONNX Runtime in a fresh process: in-process, the other backends' thread pools (TVM pins
-    its workers to the cores) slowed it 2x here (6.3 ms alone, 14.3 ms beside TVM, resnet18 at 112)."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return pool.submit(_onnxruntime_samples, graph.SerializeToString(), x, threads, protocol).result()
-
-
-def _onnxruntime(graph_bytes: bytes, x: np.ndarray, threads: int) -> Callable[[], object]:
+def _onnxruntime(job: Job, threads: int, protocol: Protocol):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
-    session = ort.InferenceSession(graph_bytes, options, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    return lambda: session.run(None, {name: x})
+    session = ort.InferenceSession(job.onnx, options, providers=["CPUExecutionProvider"])
+    feed = {session.get_inputs()[0].name: job.input()}
+    return (lambda: session.run(None, feed)), {"version": ort.__version__}
 
 
-def _tvm_call(artifact, x: np.ndarray) -> Callable[[], object]:
-    import tvm
+def _openvino(job: Job, threads: int, protocol: Protocol):
+    """OpenVINO's CPU plugin: f32, latency hint, the same threads."""
+    import openvino as ov
 
-    tensor = tvm.runtime.tensor(x, artifact.device)
-    main = artifact._main
-    sync = artifact.device.sync
-    return lambda: (main(tensor), sync())
+    core = ov.Core()
+    compiled = core.compile_model(core.read_model(job.onnx), "CPU", {
+        "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32"})
+    request = compiled.create_infer_request()
+    x = job.input()
+    return (lambda: request.infer({0: x})), {"version": ov.__version__}
+
+
+FACTORIES = {"tuned": _tvm, "untuned": _tvm, "onednn": _onednn, "onnxruntime": _onnxruntime,
+             "openvino": _openvino}
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[-1][:300] if text else ''}"
+
+
+def worker_main(conn, backend: str, threads: int) -> None:
+    """A backend's worker process: answers ("prepare", job, protocol), ("repeat",), ("release",), ("exit",)."""
+    for var in ("TVM_NUM_THREADS", "OMP_NUM_THREADS"):  # read when each library's pool starts
+        os.environ[var] = str(threads)
+    timer, protocol = None, Protocol()
+    while True:
+        op, *args = conn.recv()
+        try:
+            if op == "exit":
+                return
+            if op == "prepare":
+                job, protocol = args
+                call, extra = FACTORIES[backend](job, threads, protocol)
+                timer = _Timer(call, protocol)
+                conn.send(("ok", {"number": timer.number, "extra": extra, "settle_ms": settle(protocol),
+                                  "pid": os.getpid()}))
+            elif op == "repeat":
+                sec = timer.repeat()
+                conn.send(("ok", {"sec": sec, "settle_ms": settle(protocol)}))
+            elif op == "release":
+                timer = None
+                gc.collect()
+                conn.send(("ok", {}))
+        except Exception as exc:  # a backend that cannot run is reported, never fatal to the race
+            conn.send(("error", _one_line(exc)))
+
+
+class _Worker:
+    """The coordinator's handle on one backend's worker process."""
+
+    def __init__(self, backend: str, threads: int):
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: nothing inherited from this one
+        self.backend = backend
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=worker_main, args=(child, backend, threads), daemon=True,
+                                name=f"tunekit-bench-{backend}")
+        self.proc.start()
+        child.close()
+
+    def ask(self, *message, timeout: float = 900.0) -> dict:
+        try:
+            self.conn.send(message)
+            if not self.conn.poll(timeout):
+                raise WorkerError(f"{self.backend}: no answer from its worker in {timeout:.0f} s")
+            status, payload = self.conn.recv()
+        except (EOFError, BrokenPipeError, ConnectionResetError):
+            self.proc.join(1)
+            raise WorkerError(f"{self.backend}: its worker process died (exit code {self.proc.exitcode})") from None
+        if status == "error":
+            raise WorkerError(f"{self.backend}: {payload}")
+        return payload
+
+    def close(self) -> None:
+        try:
+            self.conn.send(("exit",))
+        except (BrokenPipeError, OSError):
+            pass
+        self.proc.join(10)
+        if self.proc.is_alive():
+            self.proc.kill()
+            self.proc.join()
+        self.conn.close()
+
+
+@dataclass
+class _Samples:
+    """One backend's samples at one resolution: (process index, seconds) pairs."""
+
+    pairs: list[tuple[int, float]] = field(default_factory=list)
+    numbers: list[int] = field(default_factory=list)
+    pids: list[int] = field(default_factory=list)  # the worker process of each round
+    settle_ms: list[float] = field(default_factory=list)
+    extra: dict = field(default_factory=dict)
+
+    def stats(self) -> dict:
+        ms = np.array([s for _, s in self.pairs]) * 1e3
+        per_process = [float(np.median([s * 1e3 for p, s in self.pairs if p == k]))
+                       for k in sorted({p for p, _ in self.pairs})]
+        median = float(np.median(ms))
+        return {"median_ms": median, "p10_ms": float(np.percentile(ms, 10)), "p90_ms": float(np.percentile(ms, 90)),
+                "samples": len(ms), "calls_per_repeat": int(np.median(self.numbers)),
+                "process_medians_ms": per_process,
+                "process_spread_pct": 100 * (max(per_process) - min(per_process)) / median,
+                "settle_ms": float(np.median(self.settle_ms)) if self.settle_ms else 0.0,
+                "raw_ms": [round(float(v), 5) for v in ms]}
+
+
+def race(jobs: dict[str, list[Job]], threads: int, protocol: Protocol,
+         on_progress: Callable[[str], None] | None = None) -> tuple[list[dict[str, _Samples]], dict[str, str]]:
+    """Time ``jobs`` (backend -> one Job per key, same order) under ``protocol``.
+
+    Returns (per key: backend -> samples) and (backend -> the one-line error that stopped it).
+    """
+    names = list(jobs)
+    count = len(next(iter(jobs.values()))) if jobs else 0
+    results = [{b: _Samples() for b in names} for _ in range(count)]
+    errors: dict[str, str] = {}
+    for process in range(protocol.processes):
+        live = [b for b in names if b not in errors]
+        workers = {b: _Worker(b, threads) for b in live}
+        try:
+            for k in range(count):
+                ready = []
+                for b in live:
+                    if b in errors:
+                        continue
+                    try:
+                        answer = workers[b].ask("prepare", jobs[b][k], protocol)
+                    except WorkerError as exc:
+                        errors[b] = str(exc)
+                        continue
+                    results[k][b].extra = answer["extra"]
+                    results[k][b].numbers.append(answer["number"])
+                    results[k][b].pids.append(answer["pid"])
+                    ready.append(b)
+                for r in range(protocol.repeats):
+                    shift = r % max(len(ready), 1)
+                    for b in ready[shift:] + ready[:shift]:
+                        if b in errors:
+                            continue
+                        try:
+                            answer = workers[b].ask("repeat")
+                        except WorkerError as exc:
+                            errors[b] = str(exc)
+                            continue
+                        results[k][b].pairs.append((process, answer["sec"]))
+                        results[k][b].settle_ms.append(answer["settle_ms"])
+                for b in ready:
+                    if b not in errors:
+                        try:
+                            workers[b].ask("release")
+                        except WorkerError as exc:
+                            errors[b] = str(exc)
+                if on_progress:
+                    on_progress(f"process {process + 1}/{protocol.processes}, key {k + 1}/{count}")
+        finally:
+            for w in workers.values():
+                w.close()
+    return results, errors
 
 
 @dataclass
@@ -182,74 +401,98 @@ class BenchContext:
     spec: TargetSpec
     keys: list[Key]
     graph_of: Callable[[Key], object]
-    model_of: Callable[[], object] | None  # the PyTorch module (zoo models), else None
-    tuned_artifact: Callable[[Key], object]  # key -> runtime.Artifact
-    untuned_artifact: Callable[[Key], object]
+    model: str | None  # zoo model name (PyTorch reference for onednn), else None
+    weights: str | None
+    tuned_artifact: Callable[[Key], tuple[Path, str]]  # key -> (directory, file) of a built library
+    untuned_artifact: Callable[[Key], tuple[Path, str]]
     threads: int
+    scratch: Path  # where the ONNX files the library backends read are written
 
 
-def run(ctx: BenchContext, backends: list[str], protocol: Protocol = Protocol(),
-        on_row: Callable[[dict], None] | None = None) -> dict:
-    """Measure every backend at every key; returns the report (see ``report_json``)."""
-    import torch
-
+def _jobs(ctx: BenchContext, backends: list[str], notes: list[str]) -> tuple[dict[str, list[Job]], list]:
+    """Build everything first (nothing compiles while anything is timed): backend -> jobs, and the costs."""
     from tunekit.cost import graph_cost
 
-    torch.set_num_threads(ctx.threads)
-    notes = []
-    rows = []
+    chosen = []
+    for b in backends:
+        if b == "onednn" and ctx.model is None:
+            notes.append("onednn: skipped, --onnx models have no PyTorch module")
+        elif not installed(b):
+            notes.append(f"{b}: skipped, not installed (pip install 'tunekit[{b}]')")
+        else:
+            chosen.append(b)
+    jobs: dict[str, list[Job]] = {b: [] for b in chosen}
+    costs = []
+    ctx.scratch.mkdir(parents=True, exist_ok=True)
     for key in ctx.keys:
         graph = ctx.graph_of(key)
-        cost = graph_cost(graph, key.height)
-        x = np.random.default_rng(0).standard_normal(key.input_shape, dtype=np.float32)
-        calls: dict[str, Callable] = {}
-        extra: dict[str, dict] = {}
-        if "tuned" in backends:
-            artifact = ctx.tuned_artifact(key)
-            calls["tuned"] = _tvm_call(artifact, x)
-            extra["tuned"] = {"artifact": str(artifact.path), "tuned_tasks": artifact.entry["tuned"],
-                              "fallback_tasks": artifact.entry["fallback"]}
-        if "onednn" in backends:
-            if ctx.model_of is None:
-                if not any("onednn" in n for n in notes):
-                    notes.append("onednn: skipped, --onnx models have no PyTorch module")
+        costs.append(graph_cost(graph, key.height))
+        onnx_path = ctx.scratch / key.filename("onnx")
+        onnx_path.write_bytes(graph.SerializeToString())
+        for b in chosen:
+            artifact = None
+            if b in ("tuned", "untuned"):
+                directory, file = (ctx.tuned_artifact if b == "tuned" else ctx.untuned_artifact)(key)
+                artifact = (str(directory), file)
+            jobs[b].append(Job(key, str(onnx_path), artifact, ctx.model, ctx.weights))
+    return jobs, costs
+
+
+def run(ctx: BenchContext, backends: list[str], protocol: Protocol = Protocol(), isolation_check: bool = False,
+        peak: dict | None = None, on_progress: Callable[[str], None] | None = None) -> dict:
+    """Measure every backend at every key; returns ``{"rows": [...], "notes": [...], "errors": {...}}``.
+
+    Rows hold, per backend, the stats of ``_Samples.stats`` plus images/s,
+    GFLOP/s and % of ``peak["gflops"]``; with ``isolation_check`` also the
+    backend's solo figure (``row[b]["solo"]``) and whether the two agree within
+    the larger of 5% and the solo p10-p90 spread.
+    """
+    notes: list[str] = []
+    jobs, costs = _jobs(ctx, backends, notes)
+    results, errors = race(jobs, ctx.threads, protocol, on_progress)
+    solo: dict[str, list[_Samples]] = {}
+    if isolation_check:
+        for b in jobs:
+            if b in errors:
+                continue
+            alone, alone_errors = race({b: jobs[b]}, ctx.threads, protocol,
+                                       on_progress and (lambda text, b=b: on_progress(f"{b} alone: {text}")))
+            if b in alone_errors:
+                errors[b] = alone_errors[b]
             else:
-                nchw, channels_last = _pytorch(ctx.model_of(), x)
-                layout = _pick_layout({"NCHW": nchw, "channels_last": channels_last}, protocol)
-                calls["onednn"] = nchw if layout == "NCHW" else channels_last
-                extra["onednn"] = {"layout": layout}
-        if "untuned" in backends:
-            artifact = ctx.untuned_artifact(key)
-            calls["untuned"] = _tvm_call(artifact, x)
-            extra["untuned"] = {"artifact": str(artifact.path)}
-        timers = {name: _Timer(call, protocol) for name, call in calls.items()}
-        for _ in range(protocol.repeats):
-            for timer in timers.values():
-                timer.repeat(protocol.gap_ms)
-        if "onnxruntime" in backends:
-            if has_onnxruntime():
-                timers["onnxruntime"] = measure_isolated(graph, x, ctx.threads, protocol)
-                if not any("onnxruntime" in n for n in notes):
-                    notes.append("onnxruntime: timed in a process of its own, after the others (beside TVM's "
-                                 "thread pool it ran 2x slower)")
-            elif not any("onnxruntime" in n for n in notes):
-                notes.append("onnxruntime: skipped, not installed (pip install 'tunekit[ort]')")
+                solo[b] = [per_key[b] for per_key in alone]
+    rows = []
+    for k, key in enumerate(ctx.keys):
+        cost = costs[k]
         row = {"resolution": key.height, "height": key.height, "width": key.width, "batch": key.batch,
                "gmacs": cost.gmacs, "gflops": cost.gflops}
-        for name, timer in timers.items():
-            stats = timer.stats()
+        for b, samples in results[k].items():
+            if not samples.pairs:
+                continue
+            stats = samples.stats()
             secs = stats["median_ms"] / 1e3
             stats["images_per_s"] = key.batch / secs
             stats["gflops_per_s"] = cost.gflops / secs
-            stats["pct_peak"] = (100 * stats["gflops_per_s"] / ctx.spec.peak_gflops
-                                 if ctx.spec.peak_gflops else None)
-            row[name] = stats | extra.get(name, {})
+            stats["pct_peak"] = 100 * stats["gflops_per_s"] / peak["gflops"] if peak else None
+            if b in solo and solo[b][k].pairs:
+                alone = solo[b][k].stats()
+                deviation = stats["median_ms"] / alone["median_ms"] - 1
+                spread = (alone["p90_ms"] - alone["p10_ms"]) / alone["median_ms"]
+                stats["solo"] = {"median_ms": alone["median_ms"], "p10_ms": alone["p10_ms"],
+                                 "p90_ms": alone["p90_ms"], "process_medians_ms": alone["process_medians_ms"],
+                                 "deviation": deviation, "tolerance": max(0.05, spread),
+                                 "agrees": abs(deviation) <= max(0.05, spread)}
+            row[b] = stats | samples.extra
         if "tuned" in row and "onednn" in row:
             row["speedup_vs_onednn"] = row["onednn"]["median_ms"] / row["tuned"]["median_ms"]
+        if "tuned" in row and any(b in row for b in ("onnxruntime", "openvino")):
+            best = min((b for b in ("onnxruntime", "openvino") if b in row), key=lambda b: row[b]["median_ms"])
+            row["speedup_vs_fastest_library"] = {"backend": best,
+                                                 "ratio": row[best]["median_ms"] / row["tuned"]["median_ms"]}
         rows.append(row)
-        if on_row:
-            on_row(row)
-    return {"rows": rows, "notes": notes}
+    for b, message in errors.items():
+        notes.append(f"{b}: failed: {message}")
+    return {"rows": rows, "notes": notes, "errors": errors}
 
 
 def scaling_efficiency(rows: list[dict]) -> dict:
@@ -274,25 +517,21 @@ def environment(spec: TargetSpec, threads: int) -> dict:
     isa = [f for f in ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile")
            if f in info["flags"]]
     versions = torch_versions() | {"tvm": tvm.__version__}
-    try:
-        import onnxruntime
+    from importlib.metadata import PackageNotFoundError, version
 
-        versions["onnxruntime"] = onnxruntime.__version__
-    except ImportError:
-        versions["onnxruntime"] = None
+    for package in ("onnxruntime", "openvino"):
+        try:
+            versions[package] = version(package)
+        except PackageNotFoundError:
+            versions[package] = None
     import psutil
 
-    return {"machine": {"cpu": info["model"], "cores": psutil.cpu_count(logical=False),
+    from tvm.target import codegen
+
+    return {"machine": {"cpu": info["model"], "mcpu": str(codegen.llvm_get_system_cpu()),
+                        "cores": psutil.cpu_count(logical=False),
                         "threads": psutil.cpu_count(logical=True), "isa": isa},
             "versions": versions, "threads": threads, "target": spec.to_json()}
-
-
-def default_threads(spec: TargetSpec) -> int:
-    """The target's thread setting (one per physical core on SMT CPUs), capped by this machine's cores."""
-    import psutil
-
-    cores = psutil.cpu_count(logical=False) or os.cpu_count() or 1
-    return max(1, min(spec.threads or cores, cores))
 
 
 # ---------------------------------------------------------------- formatting
@@ -304,10 +543,11 @@ def tables(report: dict) -> list[tuple[str, list[str], list[list[str]]]]:
     """Table II (latency per backend and the oneDNN/tuned speedup) and Fig. 7 (images/s, GFLOP/s, % of peak)."""
     backends = _present(report)
     both = "tuned" in backends and "onednn" in backends
-    peak = report["target"].get("peak_gflops")
+    library = "tuned" in backends and any("speedup_vs_fastest_library" in r for r in report["rows"])
+    peak = (report.get("peak") or {}).get("gflops")
     latency = ["res", "GFLOPs"] + [f"{b} ms" for b in backends] + (["speedup vs oneDNN"] if both else [])
-    throughput = ["res"] + [f"{b} img/s" for b in backends] + [f"{b} GFLOP/s" for b in backends]
-    throughput += [f"{b} % peak" for b in backends] if peak else []
+    latency += ["speedup vs fastest library"] if library else []
+    throughput = ["res"] + [f"{b} GFLOP/s" + (" (% peak)" if peak else "") for b in backends]
     lat_rows, thr_rows = [], []
     for r in report["rows"]:
         res = f"{r['height']}x{r['width']}"
@@ -317,22 +557,40 @@ def tables(report: dict) -> list[tuple[str, list[str], list[list[str]]]]:
             cells.append(f"{s['median_ms']:.2f} ({s['p10_ms']:.2f}-{s['p90_ms']:.2f})" if s else "-")
         if both:
             cells.append(f"{r['speedup_vs_onednn']:.2f}x" if "speedup_vs_onednn" in r else "-")
+        if library:
+            fastest = r.get("speedup_vs_fastest_library")
+            cells.append(f"{fastest['ratio']:.2f}x ({fastest['backend']})" if fastest else "-")
         lat_rows.append(cells)
-        cells = [res] + [f"{r[b]['images_per_s']:.1f}" if b in r else "-" for b in backends]
-        cells += [f"{r[b]['gflops_per_s']:.1f}" if b in r else "-" for b in backends]
-        if peak:
-            cells += [f"{r[b]['pct_peak']:.1f}" if b in r else "-" for b in backends]
-        thr_rows.append(cells)
-    peak_text = f", peak {peak:.0f} GFLOP/s (estimated)" if peak else ""
-    return [("latency, ms: median (p10-p90)", latency, lat_rows),
-            (f"throughput, batch {report['batch']}{peak_text}", throughput, thr_rows)]
+        thr_rows.append([res] + [(f"{r[b]['gflops_per_s']:.1f}" + (f" ({r[b]['pct_peak']:.0f}%)" if peak else ""))
+                                 if b in r else "-" for b in backends])
+    peak_text = f", peak {peak:.0f} GFLOP/s ({report['peak']['how']})" if peak else ""
+    out = [("latency, ms: median (p10-p90)", latency, lat_rows),
+           (f"throughput, batch {report['batch']}{peak_text}", throughput, thr_rows)]
+    spread = [[f"{r['height']}x{r['width']}"] + [
+        (f"{r[b]['process_spread_pct']:.1f}% ({', '.join(f'{m:.2f}' for m in r[b]['process_medians_ms'])})"
+         if b in r and "process_medians_ms" in r[b] else "-") for b in backends] for r in report["rows"]]
+    out.append(("spread across processes: (max-min)/median of the per-process medians (the medians, ms)",
+                ["res"] + backends, spread))
+    if any("solo" in r.get(b, {}) for r in report["rows"] for b in backends):
+        check = []
+        for r in report["rows"]:
+            cells = [f"{r['height']}x{r['width']}"]
+            for b in backends:
+                solo = r.get(b, {}).get("solo")
+                cells.append(f"{r[b]['median_ms']:.2f} / {solo['median_ms']:.2f} ({solo['deviation']:+.1%}, "
+                             f"{'ok' if solo['agrees'] else 'DIFFERS'} within {solo['tolerance']:.0%})"
+                             if solo else "-")
+            check.append(cells)
+        out.append(("isolation check: race / solo median ms (deviation, verdict within max(5%, solo p10-p90))",
+                    ["res"] + backends, check))
+    return out
 
 
 def to_markdown(report: dict) -> str:
-    lines = [f"# {report['model']} on {report['target']['name']}: tuned TVM vs PyTorch (oneDNN)", "",
-             f"Command: `{report['command']}`  ", f"Machine: {report['machine']['cpu']}, "
-             f"{report['machine']['cores']} cores, ISA {' '.join(report['machine']['isa'])}; threads: "
-             f"{report['threads']}  ",
+    lines = [f"# {report['model']} on {report['target']['name']}: tuned TVM vs the libraries", "",
+             f"Command: `{report['command']}`  ", f"Machine: {report['machine']['cpu']} (LLVM mcpu "
+             f"{report['machine'].get('mcpu', '?')}), {report['machine']['cores']} cores, ISA "
+             f"{' '.join(report['machine']['isa'])}; threads: {report['threads']}  ",
              "Versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items() if v is not None) + "  ",
              f"Protocol: {report['protocol']['text']}"]
     for title, header, rows in tables(report):
@@ -386,9 +644,9 @@ def plot(report: dict, path: str | Path) -> None:
                       yerr=[[s["median_ms"] - s["p10_ms"] for _, s in pts], [s["p90_ms"] - s["median_ms"] for _, s in pts]],
                       marker="o", capsize=3, label=b)
         right.plot(xs, [s["gflops_per_s"] for _, s in pts], marker="o", label=b)
-    peak = report["target"].get("peak_gflops")
+    peak = (report.get("peak") or {}).get("gflops")
     if peak:
-        right.axhline(peak, color="grey", linestyle="--", linewidth=1, label=f"peak {peak:.0f}")
+        right.axhline(peak, color="grey", linestyle="--", linewidth=1, label=f"measured peak {peak:.0f}")
     left.set(xlabel="input resolution (px, square)", ylabel="latency, ms (median, p10-p90)", xticks=res,
              title="latency (lower is better)")
     right.set(xlabel="input resolution (px, square)", ylabel="achieved GFLOP/s", xticks=res,

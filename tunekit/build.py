@@ -70,6 +70,7 @@ class Built:
         file = file or self.path
         return {"file": file.name, "model": self.key.model, "resolution": [self.key.height, self.key.width],
                 "batch": self.key.batch, "target_name": spec.name, "target": spec.tvm,
+                "threads": spec.threads or None,
                 "tvm_version": tvm.__version__, "input": inputs, "output": outputs,
                 "tasks": len(self.tuned) + len(self.transferred) + len(self.fallback), "tuned": len(self.tuned),
                 "transferred": len(self.transferred), "transferred_from": self.transferred,

@@ -248,14 +248,17 @@ class _Reporter:
     def __call__(self, p):
         resolutions = ",".join(str(r) for r, _ in p.task.uses)
         if p.note:
-            line = f"  task {p.task_index + 1}/{p.task_count} {p.task.name} @{resolutions} seeded: {p.note}"
+            line = f"  task {p.task_index + 1}/{p.task_count} {p.task.name} @{resolutions} {p.note}"
             if self.live:
                 self.bar.console.print(line)
             else:
                 click.echo(line)
         best = f"best {p.best_ms * 1e3:.2f} us" if p.best_ms is not None else "best -"
+        from tunekit.tune import NOISY
+
         text = (f"task {p.task_index + 1}/{p.task_count} {p.task.name} @{resolutions}  {best}"
-                + (f"  {p.failed} failed" if p.failed else ""))
+                + (f"  {p.failed} failed" if p.failed else "")
+                + (f"  noisy: repeats differ by {p.noise:.0%}" if p.noise is not None and p.noise > NOISY else ""))
         if self.live:
             self.bar.update(self.bar_id, completed=p.trials_done, description=text)
         elif p.best_ms is not None:
@@ -475,36 +478,44 @@ def build(model, onnx_file, res, target, out, batch, weights, db_path, no_transf
               help="Tuning database, when building [default: $TUNEKIT_DB or tuning_logs/tunekit.db].")
 @click.option("--threads", type=click.IntRange(1), help="Threads for every backend [default: the target's].")
 @click.option("--batch", default=1, show_default=True, type=click.IntRange(1, 1024))
-@click.option("--backends", help="Comma-separated subset of tuned,onednn,untuned,onnxruntime [default: all].")
-@click.option("--repeats", default=15, show_default=True, type=click.IntRange(3), help="Repeats per backend.")
+@click.option("--backends", help="Comma-separated subset of tuned,onednn,untuned,onnxruntime,openvino "
+              "[default: all].")
+@click.option("--repeats", default=10, show_default=True, type=click.IntRange(3),
+              help="Repeats per backend in each process.")
+@click.option("--processes", default=3, show_default=True, type=click.IntRange(1),
+              help="Fresh worker processes per backend (one process is one sample of the process lottery).")
+@click.option("--isolation-check", is_flag=True,
+              help="Also time every backend alone and report how far its race figure is from the solo one.")
 @click.option("--format", "fmt", type=click.Choice(["table", "md", "csv", "json"]), default="table",
               show_default=True, help="What to print.")
 @click.option("--output", "outputs", multiple=True, type=click.Path(dir_okay=False),
               help="Also write the report to FILE (.json, .md or .csv by extension); repeatable.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Draw latency and GFLOP/s to a PNG.")
 @click.option("--weights", type=click.Path(dir_okay=False), help="A state_dict file (zoo models).")
-def bench(model, onnx_file, res, target, artifacts, db_path, threads, batch, backends, repeats, fmt, outputs,
-          plot_path, weights):
-    """Measure tuned TVM against PyTorch on oneDNN per resolution (Table II, Fig. 7).
+def bench(model, onnx_file, res, target, artifacts, db_path, threads, batch, backends, repeats, processes,
+          isolation_check, fmt, outputs, plot_path, weights):
+    """Measure tuned TVM against the libraries per resolution (Table II, Fig. 7).
 
     Side by side in one run, same input, same threads: the tuned artifact,
-    PyTorch eager (the faster of NCHW and channels_last, reported), TVM with no
-    tuning records, and ONNX Runtime's CPU provider when installed. Prints
-    latency (median, p10-p90), the oneDNN/tuned speedup, images/s, GFLOP/s, % of
-    the target's peak and the scaling efficiency across resolutions.
+    TVM with no tuning records, PyTorch eager on oneDNN (the faster of NCHW and
+    channels_last, reported), ONNX Runtime and OpenVINO (when installed). Each
+    backend runs in a worker process of its own and only once the previous
+    backend's threads have gone quiet; the sweep is repeated in --processes
+    fresh processes. Prints latency (median, p10-p90), speedups, images/s,
+    GFLOP/s, % of the measured peak, the spread across processes and the
+    scaling efficiency across resolutions.
 
     \b
     Examples:
       tunekit bench --model resnet18 --res 112..448 --target host
       tunekit bench --model resnet18 --res 224 --artifacts artifacts/r18 --output r18.json --plot r18.png
+      tunekit bench --model resnet18 --res 112 --backends untuned,onednn --isolation-check
     """
-    import os
-    import shlex
     import tempfile
     from pathlib import Path
 
     from tunekit import bench as benching
-    from tunekit.targets import resolve_target
+    from tunekit.targets import default_threads, resolve_target
 
     _one_source(model, onnx_file)
     chosen = benching.parse_backends(backends)
@@ -517,12 +528,12 @@ def bench(model, onnx_file, res, target, artifacts, db_path, threads, batch, bac
     spec = resolve_target(target)
     if spec.is_gpu:
         raise UserError(f"bench compares against PyTorch on this CPU; {spec.name} is a GPU target (not supported yet)")
-    threads = threads or benching.default_threads(spec)
-    os.environ["TVM_NUM_THREADS"] = str(threads)  # read when TVM's thread pool starts
+    threads = threads or default_threads(spec)
 
     from tunekit import build as building
     from tunekit import database, frontend, runtime
     from tunekit.keys import Key, model_name_for
+    from tunekit.peak import measured_peak
     from tunekit.tune import native_stderr_to
 
     if onnx_file:
@@ -544,7 +555,7 @@ def bench(model, onnx_file, res, target, artifacts, db_path, threads, batch, bac
             out.mkdir(parents=True, exist_ok=True)
             with native_stderr_to(scratch / "build.log"):  # TVM's C++ warnings
                 building.build(spec, [key], graph_of, reference, db, out)
-        return runtime.load(out, file)
+        return out, file
 
     def tuned(key):
         if artifacts:
@@ -552,27 +563,27 @@ def bench(model, onnx_file, res, target, artifacts, db_path, threads, batch, bac
             if not Path(artifacts, file).is_file():
                 raise UserError(f"--artifacts {artifacts} has no {file}; build it with `tunekit build --model "
                                 f"{name} --res {key.height} --target {spec.name} --out {artifacts}`")
-            return runtime.load(artifacts, file)
+            runtime.load(artifacts, file)  # refuse a corrupt or incompatible artifact here, in one line
+            return Path(artifacts), file
         path = database.resolve_path(db_path)
         db = database.open_database(path, spec.tvm_target()) if path.is_file() else None
         return built(key, db, scratch / "tuned")
 
-    ctx = benching.BenchContext(spec, keys, graph_of,
-                                (lambda: frontend.zoo_model(model, weights).eval()) if model else None,
-                                tuned, lambda key: built(key, None, scratch / "untuned"), threads)
-    protocol = benching.Protocol(repeats=repeats)
+    ctx = benching.BenchContext(spec, keys, graph_of, model, weights, tuned,
+                                lambda key: built(key, None, scratch / "untuned"), threads, scratch / "onnx")
+    protocol = benching.Protocol(repeats=repeats, processes=processes)
     click.echo(f"bench {name} at {', '.join(map(str, sides))} (batch {batch}) on {spec.name}, {threads} threads, "
                f"backends {', '.join(chosen)}", err=True)
     click.echo(f"protocol: {protocol.describe()}", err=True)
-
-    def progress(row):
-        parts = [f"{b} {row[b]['median_ms']:.2f} ms" for b in benching.BACKENDS if b in row]
-        click.echo(f"  {row['height']}x{row['width']}: " + ", ".join(parts), err=True)
-
-    result = benching.run(ctx, chosen, protocol, on_row=progress)
+    peak = measured_peak(threads)
+    click.echo(f"peak: {peak['gflops']:.0f} GFLOP/s ({peak['how']}; cached per host)", err=True)
+    result = benching.run(ctx, chosen, protocol, isolation_check=isolation_check, peak=peak,
+                          on_progress=lambda text: click.echo(f"  {text}", err=True))
     report = {"model": name, "batch": batch, "command": _invocation(),
-              **benching.environment(spec, threads),
-              "protocol": {**benching.asdict(protocol), "text": protocol.describe()},
+              **benching.environment(spec, threads), "peak": peak,
+              "protocol": {**benching.asdict(protocol), "text": protocol.describe(),
+                           "isolation": "one worker process per backend, each quiet before the next runs",
+                           "isolation_check": isolation_check},
               "rows": result["rows"], "scaling_efficiency": benching.scaling_efficiency(result["rows"]),
               "notes": result["notes"]}
     render = {"json": lambda: json.dumps(report, indent=2), "md": lambda: benching.to_markdown(report),
@@ -592,6 +603,11 @@ def bench(model, onnx_file, res, target, artifacts, db_path, threads, batch, bac
             click.echo(f"note: {note}")
     else:
         click.echo(render[fmt]())
+    import shutil
+
+    shutil.rmtree(scratch, ignore_errors=True)
+    if not result["rows"] or all(not set(r) & set(benching.BACKENDS) for r in result["rows"]):
+        raise UserError("no backend could be measured: " + "; ".join(result["notes"]))
 
 
 @main.command()

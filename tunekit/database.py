@@ -41,8 +41,9 @@ CREATE TABLE IF NOT EXISTS records (
     tvm_version TEXT NOT NULL,
     record_json TEXT NOT NULL,
     mean_sec REAL,              -- NULL: the candidate failed to build or run
-    source TEXT NOT NULL,       -- 'search', 'transfer', 'import'
-    created REAL NOT NULL
+    source TEXT NOT NULL,       -- 'search', 'transfer', 'default', 'remeasure', 'import'
+    created REAL NOT NULL,
+    threads INTEGER             -- CPU threads the candidate was measured on (NULL: unknown)
 );
 CREATE INDEX IF NOT EXISTS records_by_workload ON records (workload_id, target, tvm_version, mean_sec);
 CREATE TABLE IF NOT EXISTS tasks (
@@ -95,6 +96,8 @@ def connect(path: str | Path) -> sqlite3.Connection:
         conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable against process crashes
         conn.execute("PRAGMA busy_timeout=60000")
         conn.executescript(SCHEMA)
+        if "threads" not in {row[1] for row in conn.execute("PRAGMA table_info(records)")}:
+            conn.execute("ALTER TABLE records ADD COLUMN threads INTEGER")  # files from before the column
         row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
         if row is None:
             conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
@@ -162,6 +165,7 @@ def _make_database_class():
             self.target_key = target_key(self.target)
             self.version = tvm_version()
             self.source = source
+            self.threads: int | None = None  # what the runner measures on; stored with every record
             self._by_hash: dict[str, list[tuple[int, Workload]]] = {}
             self._ids: dict[int, Workload] = {}
 
@@ -231,10 +235,11 @@ def _make_database_class():
             mean = sum(secs) / len(secs) if secs and max(secs) < FAILED_SECS else None
             target = target_key(record.target) if record.target is not None else self.target_key
             self.conn.execute(
-                "INSERT INTO records (workload_id, target, tvm_version, record_json, mean_sec, source, created)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (self._id_of(record.workload), target, self.version, json.dumps(to_plain_json(_ffi_api.TuningRecordAsJSON(record))), mean,
-                 self.source, time.time()))
+                "INSERT INTO records (workload_id, target, tvm_version, record_json, mean_sec, source, created,"
+                " threads) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (self._id_of(record.workload), target, self.version,
+                 json.dumps(to_plain_json(_ffi_api.TuningRecordAsJSON(record))), mean, self.source, time.time(),
+                 self.threads))
 
         def get_top_k(self, workload: Workload, top_k: int) -> list[TuningRecord]:
             rows = self.conn.execute(
@@ -280,6 +285,19 @@ def _make_database_class():
         def best_sec(self, wid: int) -> float | None:
             return self.conn.execute("SELECT MIN(mean_sec) FROM records WHERE workload_id=? AND target=?"
                                      " AND tvm_version=?", (wid, self.target_key, self.version)).fetchone()[0]
+
+        def best_records(self, wid: int, top_k: int) -> list[tuple[int, TuningRecord, float]]:
+            """The ``top_k`` fastest records of workload ``wid`` here: (record id, record, mean seconds)."""
+            workload = self.workload_by_id(wid)
+            rows = self.conn.execute(
+                "SELECT id, record_json, mean_sec FROM records WHERE workload_id=? AND target=? AND tvm_version=?"
+                " AND mean_sec IS NOT NULL ORDER BY mean_sec LIMIT ?",
+                (wid, self.target_key, self.version, top_k)).fetchall()
+            return [(rid, TuningRecord.from_json(json.loads(text), workload), sec) for rid, text, sec in rows]
+
+        def set_mean_sec(self, record_id: int, sec: float | None) -> None:
+            """A record's time after it was measured again (None: it failed to run again)."""
+            self.conn.execute("UPDATE records SET mean_sec=? WHERE id=?", (sec, record_id))
 
         def note_failure(self, wid: int, stage: str, error: str) -> None:
             self.conn.execute("INSERT INTO failures (workload_id, target, stage, error, created)"

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -100,10 +102,46 @@ def check_compatible(entry: dict) -> None:
         raise ArtifactError(f"{name}: artifacts for target kind {kind!r} cannot be loaded by tunekit")
 
 
-class Artifact:
-    """One built library: ``run(image) -> output`` at a fixed resolution."""
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity), 1 at least."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
-    def __init__(self, path: Path, entry: dict):
+
+def default_threads(entry: dict) -> int:
+    """The artifact's thread count (its target's ``threads``, one per physical core), capped by this
+    machine's usable CPUs."""
+    return max(1, min(int(entry.get("threads") or usable_cpus()), usable_cpus()))
+
+
+def start_thread_pool(threads: int) -> int:
+    """Start TVM's CPU thread pool for the calling thread with ``threads`` workers; returns the count it has.
+
+    TVM reads ``TVM_NUM_THREADS`` once, when a thread first runs parallel code;
+    unset, it takes half the logical CPUs (one of two on a 2-vCPU machine). Its
+    pool also pins the calling thread to one core when it uses fewer threads
+    than cores, which would squeeze the rest of the host application onto that
+    core: the caller's CPU affinity is put back as it was.
+    """
+    import tvm
+
+    before = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    os.environ["TVM_NUM_THREADS"] = str(threads)
+    have = int(tvm.get_global_func("runtime.NumThreads")())  # creates this thread's pool on first use
+    if have != threads:  # the pool existed already: TVM can shrink it, not grow it
+        tvm.get_global_func("runtime.config_threadpool")(0, threads)
+        have = int(tvm.get_global_func("runtime.NumThreads")())
+    if before is not None and os.sched_getaffinity(0) != before:
+        os.sched_setaffinity(0, before)
+    return have
+
+
+class Artifact:
+    """One built library: ``run(image) -> output`` at a fixed resolution, on ``threads`` CPU threads."""
+
+    def __init__(self, path: Path, entry: dict, threads: int | None = None):
         import tvm
         from tvm.runtime.vm import VirtualMachine
 
@@ -116,6 +154,14 @@ class Artifact:
         self.input = entry["input"]
         self.output = entry["output"]
         self.device = tvm.cuda(0) if self.target["kind"] == "cuda" else tvm.cpu(0)
+        self.threads = None
+        if self.target["kind"] == "llvm":
+            wanted = threads or default_threads(entry)
+            self.threads = start_thread_pool(wanted)
+            if self.threads != wanted:
+                warnings.warn(f"TVM's thread pool was started with {self.threads} threads before tunekit asked for"
+                              f" {wanted}; set TVM_NUM_THREADS={wanted} before anything runs TVM code",
+                              RuntimeWarning, stacklevel=3)
         self._vm = VirtualMachine(tvm.runtime.load_module(str(path)), self.device)
         self._main = self._vm["main"]
 
@@ -141,8 +187,14 @@ class Artifact:
         return out.numpy()
 
 
-def load(path: str | Path, file: str | None = None) -> Artifact:
-    """Load one artifact: a library file, or a directory holding exactly one (else name it with ``file``)."""
+def load(path: str | Path, file: str | None = None, threads: int | None = None) -> Artifact:
+    """Load one artifact: a library file, or a directory holding exactly one (else name it with ``file``).
+
+    ``threads``: CPU threads to run on; default the target's (one per physical
+    core, as recorded in the manifest), capped by the CPUs this process may use.
+    TVM takes the count when the calling thread first runs TVM code, so the
+    first artifact loaded in a thread decides (a later, larger count warns).
+    """
     path = Path(path)
     if path.is_file():
         directory, file = path.parent, path.name
@@ -165,7 +217,7 @@ def load(path: str | Path, file: str | None = None) -> Artifact:
     if sha256(library) != entry["sha256"]:
         raise ArtifactError(f"{library}: sha256 does not match the manifest (corrupted or replaced); rebuild it")
     check_compatible(entry)
-    return Artifact(library, entry)
+    return Artifact(library, entry, threads)
 
 
 def resize_bilinear(image: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -217,8 +269,9 @@ class Bundle:
         return artifact.run(resize_bilinear(image, h, w))
 
 
-def load_bundle(directory: str | Path, model: str | None = None) -> Bundle:
-    """Load every artifact of ``model`` (required when the directory holds several models) in ``directory``."""
+def load_bundle(directory: str | Path, model: str | None = None, threads: int | None = None) -> Bundle:
+    """Load every artifact of ``model`` (required when the directory holds several models) in ``directory``,
+    each on ``threads`` CPU threads (default: as ``load``)."""
     entries = read_manifest(directory)["artifacts"]
     models = sorted({e["model"] for e in entries})
     if model is None:
@@ -228,4 +281,4 @@ def load_bundle(directory: str | Path, model: str | None = None) -> Bundle:
     chosen = [e for e in entries if e["model"] == model]
     if not chosen:
         raise ArtifactError(f"{directory} has no artifacts of {model!r} (it has {', '.join(models)})")
-    return Bundle([load(directory, e["file"]) for e in chosen])
+    return Bundle([load(directory, e["file"], threads) for e in chosen])

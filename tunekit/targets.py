@@ -148,3 +148,12 @@ def resolve_target(name: str) -> TargetSpec:
         raise SpecError(f"unknown target {name!r}; choose from: {', '.join(found)} "
                         "(or a TVM target dict as JSON)")
     return _from_file(found[text])
+
+
+def default_threads(spec: TargetSpec) -> int:
+    """The threads tuned and library code run with on this machine: the target's setting (one per physical
+    core on SMT CPUs), capped by this machine's physical cores."""
+    import psutil
+
+    cores = psutil.cpu_count(logical=False) or os.cpu_count() or 1
+    return max(1, min(spec.threads or cores, cores))
