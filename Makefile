@@ -28,11 +28,12 @@ demo: install
 	$(BIN)/tunekit flops --model resnet18 --res 112..224
 	$(BIN)/tunekit tune --model resnet18 --res 112..224 --target host --trials-per-task $(DEMO_TRIALS)
 	$(BIN)/tunekit db list
-	$(BIN)/tunekit bench --model resnet18 --res 112..224 --target host --backends tuned,onednn,untuned --repeats 5
+	$(BIN)/tunekit bench --model resnet18 --res 112..224 --target host --repeats 5 --processes 2
 
 # The reference benchmark: resnet18 at 112..448 on this host, tuned artifacts built from
 # tuning_logs/tunekit.db (whatever tuning exists; none means default schedules), against
-# PyTorch on oneDNN, untuned TVM and ONNX Runtime. CI: make bench BENCH_OUT=/tmp/new, then
+# PyTorch on oneDNN, untuned TVM, ONNX Runtime and OpenVINO, each in its own worker process,
+# 3 fresh processes x 10 repeats. CI: make bench BENCH_OUT=/tmp/new, then
 # tunekit compare benchmarks/resnet18-host.json /tmp/new.json --max-regression 5% --backends tuned
 BENCH_OUT ?= benchmarks/resnet18-host
 bench: install

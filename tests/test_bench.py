@@ -55,7 +55,7 @@ def test_markdown_csv_and_plot_are_written(report):
     md = (root / "r.md").read_text()
     assert ("| res | GFLOPs | tuned ms | onednn ms | untuned ms | onnxruntime ms | openvino ms | speedup vs oneDNN |"
             " speedup vs fastest library |") in md
-    assert "Command: `tunekit bench --model tinyconv" in md and "spread across processes" in md
+    assert "Command: `tunekit bench --model tinyconv" in md and "Spread across processes" in md
     assert (root / "r.csv").read_text().count("\n") == 1 + 2 * 5
     assert (root / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "latency, ms" in output and "throughput" in output

@@ -227,3 +227,19 @@ def test_build_after_a_complete_tune_has_no_fallbacks(tuned_db, cli, tmp_path):
     assert "32x32: 6 tuned, 0 transferred, 0 fallback" in result.output
     (entry,) = json.loads((tmp_path / "art" / "manifest.json").read_text())["artifacts"]
     assert (entry["tuned"], entry["fallback"], entry["verification"]) == (6, 0, "verified")
+
+
+def test_progress_stays_within_the_plan_and_best_candidates_are_remeasured(tuned_db):
+    """Seeding measurements come out of the budget (no 'trials 81/71'), every searched task's best
+    candidates are measured again, and records say how many threads measured them."""
+    import re
+
+    from tunekit.targets import default_threads
+
+    path, output = tuned_db
+    counts = [(int(a), int(b)) for a, b in re.findall(r"trials (\d+)/(\d+)", output)]
+    assert counts and all(done <= total for done, total in counts)
+    assert output.count("re-measured best 2:") == 5  # the 5 searched tasks, 2 records each
+    with sqlite3.connect(path) as conn:
+        threads = {t for (t,) in conn.execute("SELECT DISTINCT threads FROM records")}
+    assert threads == {default_threads(resolve_target("host"))}
