@@ -6,7 +6,8 @@ from tunekit.resolutions import parse_resolutions
 
 @pytest.mark.parametrize("spec, sides", [
     ("112..448", [112, 168, 224, 280, 336, 392, 448]),
-    ("112..448:32", list(range(112, 449, 32))),
+    ("112..448:32", list(range(112, 449, 32)) + [448]),
+    ("112..200", [112, 168, 200]),
     ("160,224,320", [160, 224, 320]),
     ("320, 160,160", [160, 320]),
     ("224", [224]),
@@ -27,6 +28,7 @@ def test_valid_specs(spec, sides):
     ("", "empty"),
     ("-3", "outside"),
     (",", "bad resolution spec"),
+    ("224x160", r"non-square resolutions \(224x160\) are not supported"),
 ])
 def test_bad_specs(spec, message):
     with pytest.raises(SpecError, match=message):

@@ -37,7 +37,7 @@ import gc
 import os
 import re
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -65,7 +65,7 @@ class Protocol:
 
     In each of ``processes`` rounds, every backend gets a fresh worker process.
     Per resolution, a worker warms up for ``warmup_ms`` (at least 3 calls), then
-    runs ``repeats`` repeats; a repeat is one untimed call, then ``number`` back-to-back calls, ``number``
+    runs ``repeats`` repeats; a repeat is a few untimed calls, then ``number`` back-to-back calls, ``number``
     chosen so a repeat lasts at least ``min_repeat_ms``, and its time / ``number``
     is one sample. So each backend gets ``processes x repeats`` samples per
     resolution; the report gives their median and 10th / 90th percentiles, and
@@ -85,7 +85,7 @@ class Protocol:
     def describe(self) -> str:
         return (f"{self.processes} fresh processes per backend, one worker process per backend; in each, warm-up "
                 f"{self.warmup_ms:.0f} ms (>= 3 calls) then {self.repeats} repeats interleaved across backends "
-                f"(order rotated), each one untimed call then >= {self.min_repeat_ms:.0f} ms of back-to-back calls; a backend "
+                f"(order rotated), each 2+ untimed calls then >= {self.min_repeat_ms:.0f} ms of back-to-back calls; a backend "
                 f"runs only "
                 f"after the previous one's threads went quiet (< {self.quiet_pct:.0f}% of a core over "
                 f"{self.quiet_window_ms:.0f} ms); median and p10/p90 of {self.processes * self.repeats} per-call "
@@ -125,9 +125,11 @@ class _Timer:
         self.number = max(1, int(np.ceil(protocol.min_repeat_ms / 1e3 / max(once, 1e-7))))
 
     def repeat(self) -> float:
-        # One untimed call first: the backend that ran before evicted this one's weights from the caches,
-        # and the cores may have clocked down while idle; a backend running alone never sees either.
-        self.call()
+        # Untimed calls first (2, and 10% of a repeat at least): the backend that ran before evicted this
+        # one's weights from the caches, and the cores may have clocked down while idle; a backend running
+        # alone never sees either.
+        for _ in range(max(2, self.number // 10)):
+            self.call()
         t0 = time.perf_counter()
         for _ in range(self.number):
             self.call()
@@ -184,7 +186,7 @@ def _tvm(job: Job, threads: int, protocol: Protocol):
     tensor = tvm.runtime.tensor(job.input(), artifact.device)
     main, sync = artifact._main, artifact.device.sync
     entry = artifact.entry
-    return (lambda: (main(tensor), sync())), {"artifact": str(artifact.path), "tuned_tasks": entry["tuned"],
+    return (lambda: (main(tensor), sync())), {"artifact": artifact.path.name, "tuned_tasks": entry["tuned"],
                                               "fallback_tasks": entry["fallback"]}
 
 
@@ -341,16 +343,19 @@ class _Samples:
 
 
 def race(jobs: dict[str, list[Job]], threads: int, protocol: Protocol,
-         on_progress: Callable[[str], None] | None = None) -> tuple[list[dict[str, _Samples]], dict[str, str]]:
-    """Time ``jobs`` (backend -> one Job per key, same order) under ``protocol``.
+         on_progress: Callable[[str], None] | None = None, rounds: range | None = None,
+         results: list[dict[str, _Samples]] | None = None,
+         errors: dict[str, str] | None = None) -> tuple[list[dict[str, _Samples]], dict[str, str]]:
+    """Time ``jobs`` (backend -> one Job per key, same order) under ``protocol``, in process ``rounds``
+    (default: all of them), adding to ``results`` and ``errors`` when given.
 
     Returns (per key: backend -> samples) and (backend -> the one-line error that stopped it).
     """
     names = list(jobs)
     count = len(next(iter(jobs.values()))) if jobs else 0
-    results = [{b: _Samples() for b in names} for _ in range(count)]
-    errors: dict[str, str] = {}
-    for process in range(protocol.processes):
+    results = results if results is not None else [{b: _Samples() for b in names} for _ in range(count)]
+    errors = errors if errors is not None else {}
+    for process in rounds if rounds is not None else range(protocol.processes):
         live = [b for b in names if b not in errors]
         workers = {b: _Worker(b, threads) for b in live}
         try:
@@ -449,18 +454,20 @@ def run(ctx: BenchContext, backends: list[str], protocol: Protocol = Protocol(),
     """
     notes: list[str] = []
     jobs, costs = _jobs(ctx, backends, notes)
-    results, errors = race(jobs, ctx.threads, protocol, on_progress)
-    solo: dict[str, list[_Samples]] = {}
-    if isolation_check:
-        for b in jobs:
-            if b in errors:
-                continue
-            alone, alone_errors = race({b: jobs[b]}, ctx.threads, protocol,
-                                       on_progress and (lambda text, b=b: on_progress(f"{b} alone: {text}")))
-            if b in alone_errors:
-                errors[b] = alone_errors[b]
-            else:
-                solo[b] = [per_key[b] for per_key in alone]
+    count = len(ctx.keys)
+    results: list[dict[str, _Samples]] = [{b: _Samples() for b in jobs} for _ in range(count)]
+    errors: dict[str, str] = {}
+    solo_results = {b: [{b: _Samples()} for _ in range(count)] for b in jobs}
+    for process in range(protocol.processes):
+        race({b: j for b, j in jobs.items() if b not in errors}, ctx.threads, protocol, on_progress,
+             range(process, process + 1), results, errors)
+        # The solo rounds follow each race round, so slow drift of a shared machine hits both alike.
+        for b in jobs if isolation_check else ():
+            if b not in errors:
+                race({b: jobs[b]}, ctx.threads, protocol,
+                     on_progress and (lambda text, b=b: on_progress(f"{b} alone: {text}")),
+                     range(process, process + 1), solo_results[b], errors)
+    solo = {b: [per_key[b] for per_key in solo_results[b]] for b in jobs if isolation_check and b not in errors}
     rows = []
     for k, key in enumerate(ctx.keys):
         cost = costs[k]

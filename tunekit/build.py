@@ -33,7 +33,7 @@ import numpy as np
 from tunekit.errors import TunekitError
 from tunekit.export import write_json
 from tunekit.keys import Key
-from tunekit.runtime import MANIFEST, MANIFEST_KIND, ArtifactError, Artifact, has_cuda, sha256
+from tunekit.runtime import MANIFEST, MANIFEST_KIND, Artifact, has_cuda, sha256
 from tunekit.targets import TargetSpec
 
 # Outputs must agree within ATOL + RTOL * max|reference|. Looser than export's
@@ -207,29 +207,40 @@ def build(spec: TargetSpec, keys: list[Key], graph_of: Callable[[Key], object],
         compile_s = time.perf_counter() - t0
         path = out / artifact_name(key, spec)
         tmp = path.with_name(path.name + ".tmp.so")
-        executable.export_library(str(tmp))
+        try:
+            built = _write_verified(key, spec, graph, executable, tmp, tuned, transferred, fallbacks, compile_s,
+                                    runnable, reference_of, path)
+        except BaseException:  # a failed check, an error, Ctrl-C: no half-written library is left behind
+            tmp.unlink(missing_ok=True)
+            raise
+        os.replace(tmp, path)
         inputs = [i.to_json() for i in onnxutil.graph_inputs(graph)]
         outputs = [o.to_json() for o in onnxutil.graph_outputs(graph)]
-        if len(inputs) != 1 or len(outputs) != 1:
-            tmp.unlink()
-            raise BuildError(f"{key}: tunekit builds models with one input and one output"
-                             f" (this one has {len(inputs)} and {len(outputs)})")
-        built = Built(key, path, tuned, transferred, fallbacks, "not verified: no GPU", None, None, compile_s, None, None)
-        if runnable:
-            entry = built.to_entry(spec, inputs[0], outputs[0], tmp)
-            try:
-                err, tol, load_ms, first_ms = _verify(key, tmp, entry, reference_of(key))
-            except (BuildError, ArtifactError):
-                tmp.unlink()
-                raise
-            built.verification = "verified"
-            built.max_abs_err, built.tolerance, built.load_ms, built.first_run_ms = err, tol, load_ms, first_ms
-        os.replace(tmp, path)
         _write_manifest(out, [built.to_entry(spec, inputs[0], outputs[0])])
         results.append(built)
         if on_done:
             on_done(built)
     return results
+
+
+def _write_verified(key, spec, graph, executable, tmp, tuned, transferred, fallbacks, compile_s, runnable,
+                    reference_of, path) -> "Built":
+    """Export ``executable`` to ``tmp`` and verify it there; returns what went in (``path`` is its final name)."""
+    from tunekit import onnxutil
+
+    executable.export_library(str(tmp))
+    inputs = [i.to_json() for i in onnxutil.graph_inputs(graph)]
+    outputs = [o.to_json() for o in onnxutil.graph_outputs(graph)]
+    if len(inputs) != 1 or len(outputs) != 1:
+        raise BuildError(f"{key}: tunekit builds models with one input and one output"
+                         f" (this one has {len(inputs)} and {len(outputs)})")
+    built = Built(key, path, tuned, transferred, fallbacks, "not verified: no GPU", None, None, compile_s, None, None)
+    if runnable:
+        entry = built.to_entry(spec, inputs[0], outputs[0], tmp)
+        err, tol, load_ms, first_ms = _verify(key, tmp, entry, reference_of(key))
+        built.verification = "verified"
+        built.max_abs_err, built.tolerance, built.load_ms, built.first_run_ms = err, tol, load_ms, first_ms
+    return built
 
 
 def reference_for(model: str | None, onnx_file: str | None, weights: str | None):

@@ -27,6 +27,11 @@ class Group(click.Group):
             return super().invoke(ctx)
         except TunekitError as exc:
             raise UserError(str(exc)) from None
+        except OSError as exc:  # an unwritable --out, a directory where a file was expected, a full disk ...
+            if exc.strerror is None:
+                raise
+            where = f"{exc.filename}: " if exc.filename else ""
+            raise UserError(f"{where}{exc.strerror}") from None
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
@@ -88,7 +93,7 @@ def _invocation() -> str:
     return shlex.join(parts)
 
 
-RES_HELP = "Resolutions: 224, 160,224,320, 112..448 (step 56) or 112..448:32."
+RES_HELP = "Resolutions: 224, 160,224,320, 112..448 (step 56, ends at 448) or 112..448:32."
 
 
 def _table(title: str, columns: list[str], rows: list[list]):
@@ -196,16 +201,22 @@ def flops(model, onnx_file, res, batch, as_json):
 def targets(as_json):
     """List target presets (targets/*.json) and the detected host.
 
-    Any command's --target also takes a raw TVM target dict as JSON.
+    Any command's --target also takes a preset file (NAME.json) or a raw TVM
+    target dict as JSON. $TUNEKIT_TARGETS names a directory of your own preset
+    files, listed beside the bundled ones (the same name overrides).
 
     \b
     Examples:
       tunekit targets
       tunekit tune --model resnet18 --res 224 --target '{"kind": "llvm", "mcpu": "skylake-avx512", "num-cores": 8}'
     """
-    from tunekit.targets import presets, resolve_target
+    from tunekit.targets import presets, resolve_target, user_dir
 
-    specs = [resolve_target(name) for name in presets()]
+    extra = user_dir()
+    if extra is not None and not extra.is_dir():
+        click.echo(f"warning: TUNEKIT_TARGETS={extra} is not a directory; listing the bundled presets", err=True)
+    names = list(presets())
+    specs = [resolve_target(name) for name in names + (["host"] if "host" not in names else [])]
     if as_json:
         click.echo(json.dumps([s.to_json() for s in specs], indent=2))
         return
@@ -309,7 +320,6 @@ def tune(model, onnx_file, res, target, trials, trials_per_task, batch, weights,
       tunekit tune --model resnet18 --res 224 --target i7-4790k --rpc 127.0.0.1:9190 --rpc-key i7-4790k
     """
     import shlex
-    from pathlib import Path
 
     from tunekit import database, frontend
     from tunekit import tune as tuning
@@ -492,8 +502,10 @@ def build(model, onnx_file, res, target, out, batch, weights, db_path, no_transf
               help="Also write the report to FILE (.json, .md or .csv by extension); repeatable.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Draw latency and GFLOP/s to a PNG.")
 @click.option("--weights", type=click.Path(dir_okay=False), help="A state_dict file (zoo models).")
+@click.option("--keep-artifacts", type=click.Path(file_okay=False),
+              help="Keep what bench builds (libraries, ONNX files, build log) in DIR [default: removed].")
 def bench(model, onnx_file, res, target, artifacts, db_path, threads, batch, backends, repeats, processes,
-          isolation_check, fmt, outputs, plot_path, weights):
+          isolation_check, fmt, outputs, plot_path, weights, keep_artifacts):
     """Measure tuned TVM against the libraries per resolution (Table II, Fig. 7).
 
     Side by side in one run, same input, same threads: the tuned artifact,
@@ -530,11 +542,8 @@ def bench(model, onnx_file, res, target, artifacts, db_path, threads, batch, bac
         raise UserError(f"bench compares against PyTorch on this CPU; {spec.name} is a GPU target (not supported yet)")
     threads = threads or default_threads(spec)
 
-    from tunekit import build as building
-    from tunekit import database, frontend, runtime
+    from tunekit import frontend
     from tunekit.keys import Key, model_name_for
-    from tunekit.peak import measured_peak
-    from tunekit.tune import native_stderr_to
 
     if onnx_file:
         from tunekit import onnxutil
@@ -546,7 +555,32 @@ def bench(model, onnx_file, res, target, artifacts, db_path, threads, batch, bac
     def graph_of(key):
         return frontend.onnx_graph(key, model=model, onnx_file=onnx_file, weights=weights)
 
-    scratch = Path(tempfile.mkdtemp(prefix="tunekit-bench-"))
+    if keep_artifacts:
+        scratch = Path(keep_artifacts)
+        scratch.mkdir(parents=True, exist_ok=True)
+    else:
+        scratch = Path(tempfile.mkdtemp(prefix="tunekit-bench-"))
+    try:
+        _bench(name, spec, keys, chosen, sides, batch, threads, model, weights, onnx_file, artifacts, db_path,
+               repeats, processes, isolation_check, fmt, outputs, plot_path, scratch, graph_of)
+    finally:
+        if not keep_artifacts:
+            import shutil
+
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _bench(name, spec, keys, chosen, sides, batch, threads, model, weights, onnx_file, artifacts, db_path, repeats,
+           processes, isolation_check, fmt, outputs, plot_path, scratch, graph_of):
+    import dataclasses
+    from pathlib import Path
+
+    from tunekit import bench as benching
+    from tunekit import build as building
+    from tunekit import database, runtime
+    from tunekit.peak import measured_peak
+    from tunekit.tune import native_stderr_to
+
     reference = building.reference_for(model, onnx_file, weights)
 
     def built(key, db, out):
@@ -581,7 +615,7 @@ def bench(model, onnx_file, res, target, artifacts, db_path, threads, batch, bac
                           on_progress=lambda text: click.echo(f"  {text}", err=True))
     report = {"model": name, "batch": batch, "command": _invocation(),
               **benching.environment(spec, threads), "peak": peak,
-              "protocol": {**benching.asdict(protocol), "text": protocol.describe(),
+              "protocol": {**dataclasses.asdict(protocol), "text": protocol.describe(),
                            "isolation": "one worker process per backend, each quiet before the next runs",
                            "isolation_check": isolation_check},
               "rows": result["rows"], "scaling_efficiency": benching.scaling_efficiency(result["rows"]),
@@ -603,9 +637,6 @@ def bench(model, onnx_file, res, target, artifacts, db_path, threads, batch, bac
             click.echo(f"note: {note}")
     else:
         click.echo(render[fmt]())
-    import shutil
-
-    shutil.rmtree(scratch, ignore_errors=True)
     if not result["rows"] or all(not set(r) & set(benching.BACKENDS) for r in result["rows"]):
         raise UserError("no backend could be measured: " + "; ".join(result["notes"]))
 
@@ -688,6 +719,8 @@ def _existing_db(db_path):
     from tunekit import database
 
     path = database.resolve_path(db_path)
+    if path.is_dir():
+        raise UserError(f"{path} is a directory, not a tunekit database")
     if not path.is_file():
         raise UserError(f"no tuning database at {path} (tune something first, or pass --db)")
     return path
@@ -714,6 +747,10 @@ def db_list(db_path, as_json):
            [[r["model"], r["resolution"], r["batch"], r["target"], r["tvm_version"],
              f"{r['tuned_tasks']}/{r['tasks']}", r["trials"], r["transferred"],
              f"{r['est_ms']:.3f}" if r["est_ms"] is not None else "-"] for r in rows])
+    unassigned = database.unassigned_workloads(_existing_db(db_path))
+    if unassigned:
+        click.echo(f"{unassigned} workload(s) have records but no model yet (imported): they apply, and show here,"
+                   " once `tunekit tune` or `tunekit build` runs a model that uses them")
 
 
 @db.command("stats")
@@ -773,8 +810,8 @@ def db_import(db_path, in_dir):
     """
     from tunekit import database
 
-    n = database.import_tvm_json(database.resolve_path(db_path), in_dir)
-    click.echo(f"imported {n} records from {in_dir}/")
+    added, present = database.import_tvm_json(database.resolve_path(db_path), in_dir)
+    click.echo(f"imported {added} records from {in_dir}/" + (f" ({present} were there already)" if present else ""))
 
 
 @db.command("prune")

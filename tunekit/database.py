@@ -86,27 +86,63 @@ def tvm_version() -> str:
     return tvm.__version__
 
 
-def connect(path: str | Path) -> sqlite3.Connection:
-    """Open (creating if needed) a tunekit database file; raises TunekitError if it is not one."""
+def _is_tunekit(conn: sqlite3.Connection) -> bool:
+    try:
+        return conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() is not None
+    except sqlite3.DatabaseError:
+        return False
+
+
+def connect(path: str | Path, readonly: bool = False) -> sqlite3.Connection:
+    """Open a tunekit database file; raises TunekitError if it is not one.
+
+    ``readonly`` (db list, stats, export) never creates or changes a file. Otherwise
+    a missing or empty file becomes a new database, and any other SQLite file (another
+    application's) is refused untouched.
+    """
     path = Path(path)
+    if path.is_dir():
+        raise TunekitError(f"{path} is a directory, not a tunekit database")
+    if readonly:
+        if not path.is_file():
+            raise TunekitError(f"no tuning database at {path} (tune something first, or pass --db)")
+        if path.stat().st_size == 0:
+            raise TunekitError(f"{path} is not a tunekit database (empty file)")
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=60, check_same_thread=False)
+        if not _is_tunekit(conn):
+            conn.close()
+            raise TunekitError(f"{path} is not a tunekit database")
+        _check_version(conn, path)
+        return conn
+    fresh = not path.exists() or path.stat().st_size == 0
     path.parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(str(path), timeout=60, isolation_level=None, check_same_thread=False)  # autocommit; explicit BEGIN below
     try:
+        if not fresh and not _is_tunekit(conn):
+            raise TunekitError(f"{path} is not a tunekit database; it is left untouched (choose another --db)")
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable against process crashes
         conn.execute("PRAGMA busy_timeout=60000")
         conn.executescript(SCHEMA)
-        if "threads" not in {row[1] for row in conn.execute("PRAGMA table_info(records)")}:
-            conn.execute("ALTER TABLE records ADD COLUMN threads INTEGER")  # files from before the column
         row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
         if row is None:
             conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-        elif int(row[0]) != SCHEMA_VERSION:
-            raise TunekitError(f"{path} has schema version {row[0]}; this tunekit reads {SCHEMA_VERSION}")
+        _check_version(conn, path)
+        if "threads" not in {row[1] for row in conn.execute("PRAGMA table_info(records)")}:
+            conn.execute("ALTER TABLE records ADD COLUMN threads INTEGER")  # files from before the column
     except sqlite3.DatabaseError as exc:
         conn.close()
         raise TunekitError(f"{path} is not a tunekit database: {exc}") from None
+    except TunekitError:
+        conn.close()
+        raise
     return conn
+
+
+def _check_version(conn: sqlite3.Connection, path: Path) -> None:
+    (value,) = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+    if int(value) != SCHEMA_VERSION:
+        raise TunekitError(f"{path} has schema version {value}; this tunekit reads {SCHEMA_VERSION}")
 
 
 def resolve_path(db: str | Path | None) -> Path:
@@ -230,6 +266,14 @@ def _make_database_class():
             return self.workload_id(workload.mod)
 
         # ---- records
+        def has_record(self, record: TuningRecord) -> bool:
+            """Whether this exact record (same workload, target, trace and times) is stored already."""
+            target = target_key(record.target) if record.target is not None else self.target_key
+            text = json.dumps(to_plain_json(_ffi_api.TuningRecordAsJSON(record)))
+            return self.conn.execute("SELECT 1 FROM records WHERE workload_id=? AND target=? AND tvm_version=?"
+                                     " AND record_json=? LIMIT 1",
+                                     (self._id_of(record.workload), target, self.version, text)).fetchone() is not None
+
         def commit_tuning_record(self, record: TuningRecord) -> None:
             secs = [float(s) for s in (record.run_secs or [])]
             mean = sum(secs) / len(secs) if secs and max(secs) < FAILED_SECS else None
@@ -343,7 +387,7 @@ def tuned_summary(path: str | Path) -> list[dict]:
     MetaSchedule's own estimate of end-to-end latency, without the time between
     kernels; None until every task has a successful record.
     """
-    conn = connect(path)
+    conn = connect(path, readonly=True)
     rows = conn.execute("""
         SELECT t.model, t.resolution, t.batch, t.target, t.tvm_version, COUNT(*),
                SUM(r.best IS NOT NULL), COALESCE(SUM(r.n), 0), SUM(t.weight * r.best),
@@ -365,7 +409,7 @@ def tuned_summary(path: str | Path) -> list[dict]:
 
 def stats(path: str | Path) -> dict:
     """Counts of what the database holds, and the most common failure messages."""
-    conn = connect(path)
+    conn = connect(path, readonly=True)
     one = lambda sql: conn.execute(sql).fetchone()[0]  # noqa: E731
     out = {
         "path": str(path),
@@ -412,7 +456,7 @@ def export_tvm_json(path: str | Path, out_dir: str | Path, target: str | None = 
     restricts them to one target, since stock TVM applies a record whatever its
     target. Returns (workloads, records) written.
     """
-    conn = connect(path)
+    conn = connect(path, readonly=True)
     sql = ("SELECT r.workload_id, w.workload_json, r.record_json FROM records r JOIN workloads w"
            " ON w.id = r.workload_id WHERE r.mean_sec IS NOT NULL AND r.tvm_version = ?")
     args: list = [tvm_version()]
@@ -433,8 +477,13 @@ def export_tvm_json(path: str | Path, out_dir: str | Path, target: str | None = 
     return len(index), len(rows)
 
 
-def import_tvm_json(path: str | Path, in_dir: str | Path) -> int:
-    """Add the records of a TVM JSONDatabase directory (source 'import'); returns how many."""
+def import_tvm_json(path: str | Path, in_dir: str | Path) -> tuple[int, int]:
+    """Add the records of a TVM JSONDatabase directory (source 'import'); returns (added, already there).
+
+    Importing the same directory twice adds nothing the second time. TVM's format
+    does not say which model and resolution a workload belongs to: imported records
+    show in ``db list`` once a tune or build of a model that uses them has run
+    (``unassigned_workloads`` counts the others)."""
     from tvm.s_tir import meta_schedule as ms
 
     src = Path(in_dir)
@@ -444,8 +493,21 @@ def import_tvm_json(path: str | Path, in_dir: str | Path) -> int:
         raise TunekitError(f"{src} is not a TVM JSON database: missing {', '.join(missing)}")
     records = ms.database.JSONDatabase(str(files[0]), str(files[1]), allow_missing=False).get_all_tuning_records()
     if not records:
-        return 0
+        return 0, 0
     db = open_database(path, records[0].target, source="import")
+    added = 0
     for record in records:
-        db.commit_tuning_record(record)
-    return len(records)
+        if not db.has_record(record):
+            db.commit_tuning_record(record)
+            added += 1
+    return added, len(records) - added
+
+
+def unassigned_workloads(path: str | Path) -> int:
+    """Workloads with records but no known (model, resolution) task: imported, not yet used by a tune or build."""
+    conn = connect(path, readonly=True)
+    try:
+        return conn.execute("SELECT COUNT(DISTINCT r.workload_id) FROM records r WHERE NOT EXISTS"
+                            " (SELECT 1 FROM tasks t WHERE t.workload_id = r.workload_id)").fetchone()[0]
+    finally:
+        conn.close()

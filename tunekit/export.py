@@ -106,6 +106,7 @@ def export_zoo(name: str, sides: Iterable[int], out_dir: str | Path, batch: int 
 
     model = create_model(name, weights)
     out = Path(out_dir)
+    check_out_dir(out)
     out.mkdir(parents=True, exist_ok=True)
     results = []
     for side in sides:
@@ -141,6 +142,7 @@ def export_onnx(source: str | Path, sides: Iterable[int], out_dir: str | Path, b
     info = onnxutil.image_input(original)
     name = model_name_for(source)
     out = Path(out_dir)
+    check_out_dir(out)
     out.mkdir(parents=True, exist_ok=True)
     results = []
     for side in sides:
@@ -168,12 +170,30 @@ def write_json(path: Path, data) -> None:
     os.replace(f.name, path)
 
 
+EXPORT_KIND = "tunekit-onnx-export"
+
+
+def check_out_dir(out: Path) -> None:
+    """Refuse, before any work, an --out that is a file or holds a manifest.json that is not an export's."""
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"--out {out}: exists and is not a directory")
+    path = out / MANIFEST
+    if path.exists():
+        try:
+            kind = json.loads(path.read_text()).get("kind")
+        except (OSError, ValueError, AttributeError):
+            kind = None
+        if kind != EXPORT_KIND:
+            raise ExportError(f"--out {out}: holds a {MANIFEST} that is not a tunekit export manifest;"
+                              " choose another directory")
+
+
 def _write_manifest(out: Path, model: str, source: str, results: list[ExportResult]) -> None:
     """Merge ``results`` into ``out/manifest.json``, written atomically (a crash never leaves half a file)."""
     path = out / MANIFEST
     manifest = json.loads(path.read_text()) if path.is_file() else {}
     entries = {e["key"]: e for e in manifest.get("exports", [])}
     entries.update({str(r.key): {**r.to_json(), "source": source} for r in results})
-    manifest = {"kind": "tunekit-onnx-export", "opset": OPSET,
+    manifest = {"kind": EXPORT_KIND, "opset": OPSET,
                 "exports": sorted(entries.values(), key=lambda e: (e["model"], e["resolution"], e["batch"]))}
     write_json(path, manifest)

@@ -30,12 +30,19 @@ class TensorInfo:
 def load(path: str | Path) -> onnx.ModelProto:
     """Load an ONNX file; raises OnnxModelError with the reason if it is not one."""
     path = Path(path)
+    if path.is_dir():
+        raise OnnxModelError(f"{path} is a directory, not an ONNX file")
     if not path.is_file():
         raise OnnxModelError(f"ONNX file not found: {path}")
     try:
-        return onnx.load(str(path))
+        model = onnx.load(str(path))
+    except OSError as exc:
+        raise OnnxModelError(f"{path}: {exc.strerror or exc}") from None
     except Exception as exc:  # protobuf's DecodeError and friends
-        raise OnnxModelError(f"{path} is not a readable ONNX model: {exc}") from None
+        raise OnnxModelError(f"{path} is not a readable ONNX model: {str(exc).strip().splitlines()[-1]}") from None
+    if not model.graph.node:  # an empty file parses as an empty protobuf message
+        raise OnnxModelError(f"{path} is not an ONNX model (no graph{', 0 bytes' if not path.stat().st_size else ''})")
+    return model
 
 
 def _info(value: onnx.ValueInfoProto) -> TensorInfo:

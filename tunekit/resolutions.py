@@ -2,7 +2,8 @@
 
 A spec is a single side (``224``), a list (``160,224,320``) or a range
 ``LO..HI`` with an optional step (``112..448`` steps by 56: the paper's grid
-112, 168, ..., 448; ``112..448:32`` steps by 32). Square inputs only.
+112, 168, ..., 448; ``112..448:32`` steps by 32). A range always ends at HI:
+``112..200`` is 112, 168 and 200. Square inputs only.
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ MAX_SIDE = 4096
 
 
 def _side(text: str, spec: str) -> int:
+    if "x" in text.lower():
+        raise SpecError(f"bad resolution spec {spec!r}: non-square resolutions ({text.strip()}) are not supported"
+                        " yet; give one side per resolution (examples: 224, 160,224,320, 112..448)")
     try:
         value = int(text.strip())
     except ValueError:
@@ -62,6 +66,8 @@ def parse_resolutions(spec: str, multiple_of: int = 1) -> list[int]:
         if lo > hi:
             raise SpecError(f"bad resolution spec {spec!r}: {lo} > {hi} (write LO..HI)")
         sides = list(range(lo, hi + 1, step))
+        if sides[-1] != hi:  # a step that misses HI: the range still ends at HI
+            sides.append(hi)
     else:
         sides = [_side(part, spec) for part in spec.split(",") if part.strip()]
         if not sides:

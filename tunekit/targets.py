@@ -9,7 +9,17 @@ from pathlib import Path
 
 from tunekit.errors import SpecError
 
-TARGETS_DIR = Path(os.environ.get("TUNEKIT_TARGETS", Path(__file__).resolve().parent.parent / "targets"))
+def bundled_dir() -> Path:
+    """The preset files shipped with tunekit: targets/ of the source tree, ``tunekit.presets`` when installed."""
+    installed = Path(__file__).resolve().parent / "presets"
+    return installed if installed.is_dir() else Path(__file__).resolve().parent.parent / "targets"
+
+
+def user_dir() -> Path | None:
+    """``$TUNEKIT_TARGETS``: a directory of the user's own preset files (they win over bundled ones of the same
+    name)."""
+    value = os.environ.get("TUNEKIT_TARGETS")
+    return Path(value) if value else None
 
 
 @dataclass(frozen=True)
@@ -42,13 +52,27 @@ class TargetSpec:
         return self.kind in ("cuda", "rocm", "vulkan", "metal", "opencl")
 
     def tvm_target(self):
-        """The ``tvm.target.Target`` (TVM 0.27 takes dicts, not strings)."""
+        """The ``tvm.target.Target`` (TVM 0.27 takes dicts, not strings).
+
+        Raises SpecError for a dict TVM rejects, and for an ``mcpu`` LLVM does not
+        know (LLVM itself would only warn and emit generic code).
+        """
         import tvm
 
         try:
-            return tvm.target.Target(self.tvm)
+            target = tvm.target.Target(self.tvm)
         except Exception as exc:  # TVM raises ValueError / TVMError for bad dicts
-            raise SpecError(f"target {self.name!r}: TVM rejects {self.tvm}: {exc}") from None
+            raise SpecError(f"target {self.name!r}: TVM rejects {self.tvm}: {str(exc).strip().splitlines()[-1]}") \
+                from None
+        mcpu = self.tvm.get("mcpu")
+        if self.kind == "llvm" and mcpu:
+            from tvm.target import codegen
+
+            triple = self.tvm.get("mtriple") or codegen.llvm_get_system_triple()
+            if not codegen.llvm_is_valid_cpu(mcpu, triple):
+                raise SpecError(f"target {self.name!r}: LLVM knows no CPU {mcpu!r} for {triple} "
+                                "(examples: haswell, skylake-avx512, znver1, znver4)")
+        return target
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -111,14 +135,32 @@ def detect_host() -> TargetSpec:
 
 
 def _from_file(path: Path) -> TargetSpec:
-    data = json.loads(path.read_text())
+    """A preset file: ``{"name": ..., "tvm": {TVM target dict}, ...}`` (see targets/*.json)."""
+    try:
+        data = json.loads(path.read_text())
+    except OSError as exc:
+        raise SpecError(f"target file {path}: {exc.strerror}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise SpecError(f"target file {path}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("tvm"), dict):
+        raise SpecError(f"target file {path}: needs a \"tvm\" key holding a TVM target dict, e.g. "
+                        '{"name": "mybox", "tvm": {"kind": "llvm", "mcpu": "znver4", "num-cores": 8}, "threads": 8}')
     known = {k: data[k] for k in ("name", "tvm", "description", "cores", "threads", "peak_gflops", "notes")
              if k in data}
+    known.setdefault("name", path.stem)
+    for field in ("cores", "threads"):
+        if not isinstance(known.get(field, 0), int) or known.get(field, 0) < 0:
+            raise SpecError(f"target file {path}: {field!r} must be a whole number >= 0")
     return TargetSpec(**known)
 
 
 def presets() -> dict[str, Path]:
-    return {p.stem: p for p in sorted(TARGETS_DIR.glob("*.json"))}
+    """Preset name -> file: the bundled presets, then ``$TUNEKIT_TARGETS``'s (same name: the user's wins)."""
+    found = {p.stem: p for p in sorted(bundled_dir().glob("*.json"))}
+    extra = user_dir()
+    if extra is not None and extra.is_dir():
+        found.update({p.stem: p for p in sorted(extra.glob("*.json"))})
+    return found
 
 
 def resolve_target(name: str) -> TargetSpec:
@@ -130,19 +172,29 @@ def resolve_target(name: str) -> TargetSpec:
         Unknown name (listing the valid ones) or a dict TVM rejects.
     """
     text = name.strip()
-    if text.startswith("{"):
+    if text.startswith(("{", "[")):
         try:
             tvm_dict = json.loads(text)
         except json.JSONDecodeError as exc:
             raise SpecError(f"target is not valid JSON: {exc}") from None
-        spec = TargetSpec(name=tvm_dict.get("kind", "custom"), tvm=tvm_dict,
-                          cores=int(tvm_dict.get("num-cores", 0)), threads=int(tvm_dict.get("num-cores", 0)))
+        if not isinstance(tvm_dict, dict):
+            raise SpecError("target JSON must be a TVM target dict, e.g. {\"kind\": \"llvm\", \"mcpu\": \"znver4\"}")
+        try:
+            cores = int(tvm_dict.get("num-cores", 0))
+        except (TypeError, ValueError):
+            raise SpecError(f"target: num-cores must be a whole number, got {tvm_dict['num-cores']!r}") from None
+        spec = TargetSpec(name=tvm_dict.get("kind", "custom"), tvm=tvm_dict, cores=cores, threads=cores)
         spec.tvm_target()  # validate now: a bad dict is the user's mistake
         return spec
     if text == "host":
         return detect_host()
-    if text.endswith(".json") and Path(text).is_file():
-        return _from_file(Path(text))
+    if text.endswith(".json") or "/" in text:
+        path = Path(text)
+        if path.is_dir():
+            raise SpecError(f"target file {text}: is a directory")
+        if not path.exists():
+            raise SpecError(f"target file {text} does not exist (presets: {', '.join(presets())}, host)")
+        return _from_file(path)
     found = presets()
     if text not in found:
         raise SpecError(f"unknown target {name!r}; choose from: {', '.join(found)} "
