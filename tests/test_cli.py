@@ -58,3 +58,17 @@ def test_export_and_models_commands(cli, tmp_path):
     assert (tmp_path / "tinyconv-32x32-b1.onnx").is_file()
     result = cli("models")
     assert result.exit_code == 0 and "mobilenet_v2" in result.output
+
+
+def test_models_answers_from_the_registry_without_exporting_or_tvm():
+    """`tunekit models` must answer at once: no export per model (17 s before), no TVM import, no warnings."""
+    import subprocess
+    import sys
+
+    probe = ("import sys; from click.testing import CliRunner; from tunekit.cli import main; "
+             "r = CliRunner().invoke(main, ['models']); assert r.exit_code == 0, r.output; "
+             "print('resnet50' in r.output, 'tunekit.export' in sys.modules, 'tvm' in sys.modules)")
+    out = subprocess.run([sys.executable, "-W", "default", "-c", probe], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["True", "False", "False"]
+    assert "Warning" not in out.stderr

@@ -49,3 +49,13 @@ def test_tinyconv_by_hand():
     # the largest op is the ReLU after conv1: 16x32x32 float32 in and out
     assert cost.peak_activation_bytes == 2 * 16 * 32 * 32 * 4
     assert cost.params == 14_666
+
+
+@pytest.mark.parametrize("model", ["resnet18", "resnet50", "mobilenet_v2", "vit_s16", "tinyconv"])
+def test_the_zoo_table_figures_match_the_graph(model):
+    """`tunekit models` prints cached figures (it must answer at once); they must be what `flops` counts."""
+    from tunekit.models import MODELS
+
+    (cost,) = zoo_costs(model, [224])
+    assert MODELS[model].params == cost.params
+    assert MODELS[model].gmacs_224 == pytest.approx(cost.gmacs, abs=1e-4)

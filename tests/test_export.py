@@ -11,6 +11,7 @@ from tunekit import onnxutil
 from tunekit.errors import ExportError, OnnxModelError, TunekitError
 from tunekit.export import export_onnx, export_zoo
 from tunekit.models import MODELS, create_model
+from tunekit.runtime import sha256
 
 
 @pytest.mark.parametrize("name, side", [("resnet18", 64), ("resnet50", 64), ("mobilenet_v2", 64),
@@ -23,7 +24,7 @@ def test_zoo_round_trip(tmp_path, name, side):
     assert onnxutil.image_input(model).shape == (1, 3, side, side)
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     (entry,) = manifest["exports"]
-    assert entry["sha256"] == onnxutil.sha256(result.path)
+    assert entry["sha256"] == sha256(result.path)
     assert entry["inputs"][0] == {"name": "input", "shape": [1, 3, side, side], "dtype": "float32"}
     assert entry["outputs"][0]["shape"][0] == 1
     assert manifest["opset"] == 17
@@ -107,3 +108,34 @@ def test_mismatch_is_caught(tmp_path, monkeypatch):
 
 def test_zoo_names_are_listed():
     assert set(MODELS) >= {"resnet18", "resnet50", "mobilenet_v2", "vit_s16"}
+
+
+class SamePadConv(torch.nn.Module):
+    """TF-style "same" padding computed from the input's shape, as popular model libraries export it."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3, stride=2)
+        self.head = torch.nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        ih, iw = x.shape[2], x.shape[3]
+        ph = ((ih + 1) // 2 - 1) * 2 + 3 - ih  # (ceil(ih / 2) - 1) * stride + kernel - ih
+        pw = ((iw + 1) // 2 - 1) * 2 + 3 - iw
+        x = torch.nn.functional.pad(x, [pw // 2, pw - pw // 2, ph // 2, ph - ph // 2])
+        return self.head(torch.relu(self.conv(x))).mean((2, 3))
+
+
+def test_shape_computed_padding_is_folded_and_builds(cli, tmp_path):
+    torch.manual_seed(0)
+    path = tmp_path / "samepad.onnx"
+    torch.onnx.export(SamePadConv().eval(), torch.randn(1, 3, 32, 32), str(path), dynamo=False,
+                      input_names=["input"], output_names=["out"], dynamic_axes={"input": {2: "h", 3: "w"}})
+    original = onnx.load(str(path))
+    assert any(n.op_type == "Shape" for n in original.graph.node)  # the pads really come from the shape
+    folded = onnxutil.specialise(original, 1, 33, 33)
+    assert not any(n.op_type in ("Shape", "Size") for n in folded.graph.node)
+    result = cli("build", "--onnx", path, "--res", "32,33", "--out", tmp_path / "art", "--db", tmp_path / "n.db")
+    assert result.exit_code == 0, result.output  # before: "Dynamic pads are not supported yet"
+    manifest = json.loads((tmp_path / "art" / "manifest.json").read_text())
+    assert [e["verification"] for e in manifest["artifacts"]] == ["verified", "verified"]

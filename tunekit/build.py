@@ -259,11 +259,10 @@ def reference_for(model: str | None, onnx_file: str | None, weights: str | None)
 
     def graph(key: Key):
         from tunekit import onnxutil
-        from tunekit.frontend import onnx_graph
 
-        static = onnx_graph(key, onnx_file=onnx_file)
-        name = onnxutil.graph_inputs(static)[0].name
-        return lambda x: onnxutil.run(static, {name: x})[0]
+        original = onnxutil.load(onnx_file)  # the user's graph as given, not the specialised and folded one
+        name = onnxutil.image_input(original).name
+        return lambda x: onnxutil.run(original, {name: x})[0]
 
     return zoo if model else graph
 

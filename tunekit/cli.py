@@ -116,13 +116,10 @@ def models():
     Example:
       tunekit models
     """
-    from tunekit.cost import zoo_costs
     from tunekit.models import MODELS
 
-    rows = []
-    for name, spec in MODELS.items():
-        cost = zoo_costs(name, [224])[0]
-        rows.append([name, spec.description, f"{cost.params / 1e6:.2f}M", f"{cost.gmacs:.3f}", spec.reference])
+    rows = [[name, spec.description, f"{spec.params / 1e6:.2f}M", f"{spec.gmacs_224:.3f}", spec.reference]
+            for name, spec in MODELS.items()]
     _table("tunekit model zoo (cost at 224x224, batch 1)", ["model", "description", "params", "GMACs", "weights from"],
            rows)
 

@@ -22,6 +22,7 @@ import onnx
 from tunekit import onnxutil
 from tunekit.errors import ExportError
 from tunekit.keys import Key, model_name_for
+from tunekit.runtime import sha256
 
 OPSET = 17
 # Outputs must agree within ATOL + RTOL * max|reference| (float32 reassociation in
@@ -44,7 +45,7 @@ class ExportResult:
 
     def to_json(self) -> dict:
         return {"key": str(self.key), "model": self.key.model, "resolution": [self.key.height, self.key.width],
-                "batch": self.key.batch, "file": self.path.name, "sha256": onnxutil.sha256(self.path),
+                "batch": self.key.batch, "file": self.path.name, "sha256": sha256(self.path),
                 "inputs": [i.to_json() for i in self.inputs], "outputs": [o.to_json() for o in self.outputs],
                 "max_abs_diff": self.max_abs_diff, "tolerance": self.tolerance}
 

@@ -274,6 +274,8 @@ class ModelSpec:
     build: Callable[[], nn.Module]
     description: str
     reference: str
+    params: int  # parameters as PyTorch counts them
+    gmacs_224: float  # multiply-adds at 224x224, batch 1 (`tunekit flops`; tests/test_cost.py checks both)
     multiple_of: int = 1
 
     def __post_init__(self):
@@ -284,12 +286,14 @@ class ModelSpec:
 MODELS: dict[str, ModelSpec] = {
     spec.name: spec
     for spec in [
-        ModelSpec("resnet18", lambda: ResNet(BasicBlock, [2, 2, 2, 2]), "ResNet-18", "torchvision resnet18"),
-        ModelSpec("resnet50", lambda: ResNet(Bottleneck, [3, 4, 6, 3]), "ResNet-50 (v1.5)", "torchvision resnet50"),
-        ModelSpec("mobilenet_v2", MobileNetV2, "MobileNetV2 1.0", "torchvision mobilenet_v2"),
+        ModelSpec("resnet18", lambda: ResNet(BasicBlock, [2, 2, 2, 2]), "ResNet-18", "torchvision resnet18",
+                  11_689_512, 1.8141),
+        ModelSpec("resnet50", lambda: ResNet(Bottleneck, [3, 4, 6, 3]), "ResNet-50 (v1.5)", "torchvision resnet50",
+                  25_557_032, 4.0892),
+        ModelSpec("mobilenet_v2", MobileNetV2, "MobileNetV2 1.0", "torchvision mobilenet_v2", 3_504_872, 0.3008),
         ModelSpec("vit_s16", VisionTransformer, "ViT-Small/16, 384 wide, 6 heads, 12 blocks",
-                  "timm vit_small_patch16_224", multiple_of=16),
-        ModelSpec("tinyconv", TinyConvNet, "3-conv test net (for tests and quick demos)", "tunekit"),
+                  "timm vit_small_patch16_224", 22_050_664, 4.5989, multiple_of=16),
+        ModelSpec("tinyconv", TinyConvNet, "3-conv test net (for tests and quick demos)", "tunekit", 14_666, 0.1951),
     ]
 }
 

@@ -10,7 +10,6 @@ import onnx
 from onnx import numpy_helper, shape_inference
 
 from tunekit.errors import OnnxModelError
-from tunekit.runtime import sha256  # noqa: F401  (one implementation, shared with the runtime)
 
 DTYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16",
           onnx.TensorProto.INT64: "int64", onnx.TensorProto.INT32: "int32",
@@ -98,9 +97,46 @@ def specialise(model: onnx.ModelProto, batch: int, height: int, width: int) -> o
     for output in out.graph.output:
         output.type.tensor_type.ClearField("shape")
     try:
-        return shape_inference.infer_shapes(out, strict_mode=True, data_prop=True)
+        out = shape_inference.infer_shapes(out, strict_mode=True, data_prop=True)
     except Exception as exc:
         raise OnnxModelError(f"shape inference failed at {batch}x{height}x{width}: {exc}") from None
+    return fold_shapes(out)
+
+
+SHAPE_OPS = ("Shape", "Size")
+
+
+def fold_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Fold every subgraph that only computes with shapes into constants, once the input shape is fixed.
+
+    Graphs exported from model libraries compute things like TF-style "same"
+    padding from the input's shape (Shape -> Gather -> Div -> ... -> Pad); TVM's
+    importer refuses such dynamic pads even though every shape is static after
+    specialisation. ONNX Runtime's basic, provider-independent graph
+    optimisations (constant folding, redundant-node elimination; ONNX ops only)
+    fold them. Graphs without shape operators are returned unchanged.
+    """
+    if not any(node.op_type in SHAPE_OPS for node in model.graph.node):
+        return model
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise OnnxModelError("this graph computes with its input's shape; folding it needs ONNX Runtime "
+                             "(pip install 'tunekit[ort]')") from None
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="tunekit-fold-") as tmp:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        options.optimized_model_filepath = str(Path(tmp) / "folded.onnx")
+        options.log_severity_level = 3
+        try:
+            ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+            folded = onnx.load(options.optimized_model_filepath)
+        except Exception as exc:  # ONNX Runtime's Fail / InvalidGraph
+            raise OnnxModelError(f"could not fold the graph's shape computations: "
+                                 f"{str(exc).strip().splitlines()[-1][:300]}") from None
+    return shape_inference.infer_shapes(folded, strict_mode=True, data_prop=True)
 
 
 def run(model: onnx.ModelProto | str | Path, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:

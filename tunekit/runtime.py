@@ -58,8 +58,15 @@ def read_manifest(directory: str | Path) -> dict:
     return manifest
 
 
+# LLVM's feature list for a CPU mixes instruction sets with scheduling hints (fast-*, false-deps-*,
+# slow-*, tuning-*): only the former decide whether code runs. A haswell build runs on a Zen 4.
+ISA_PREFIXES = ("sse", "ssse", "avx", "fma", "f16c", "bmi", "lzcnt", "popcnt", "movbe", "aes", "pclmul", "vpclmulqdq",
+                "gfni", "vaes", "sha", "adx", "amx", "cx16", "xop", "crc32", "cmov", "neon", "sve", "dotprod",
+                "fullfp16", "i8mm", "bf16")
+
+
 def _missing_cpu_features(target: dict) -> list[str]:
-    """ISA features the artifact's LLVM target uses that this CPU does not have."""
+    """Instruction-set features the artifact's LLVM target uses that this CPU does not have."""
     import tvm
     from tvm.target import codegen
 
@@ -69,7 +76,8 @@ def _missing_cpu_features(target: dict) -> list[str]:
         return [f"architecture {triple.split('-')[0]}"]
     if "mcpu" not in target and "mattr" not in target:
         return []
-    wanted = {str(f) for f in codegen.llvm_get_cpu_features(tvm.target.Target(target))}
+    wanted = {str(f) for f in codegen.llvm_get_cpu_features(tvm.target.Target(target))
+              if str(f).startswith(ISA_PREFIXES)}
     have = {str(f) for f in codegen.llvm_get_cpu_features(
         tvm.target.Target({"kind": "llvm", "mcpu": codegen.llvm_get_system_cpu()}))}
     return sorted(wanted - have)
