@@ -265,17 +265,3 @@ def reference_for(model: str | None, onnx_file: str | None, weights: str | None)
         return lambda x: onnxutil.run(original, {name: x})[0]
 
     return zoo if model else graph
-
-
-def check_out_dir(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise BuildError(f"--out {out}: exists and is not a directory")
-    manifest = out / MANIFEST
-    if manifest.is_file():
-        try:
-            kind = json.loads(manifest.read_text()).get("kind")
-        except json.JSONDecodeError:
-            kind = None
-        if kind != MANIFEST_KIND:
-            raise BuildError(f"--out {out}: holds a {MANIFEST} that is not tunekit's artifact manifest;"
-                             " choose another directory")

@@ -435,7 +435,9 @@ def build(model, onnx_file, res, target, out, batch, weights, db_path, no_transf
 
     from tunekit import build as building
     from tunekit import database, frontend
+    from tunekit.export import check_out_dir
     from tunekit.keys import Key, model_name_for
+    from tunekit.runtime import MANIFEST_KIND
     from tunekit.targets import resolve_target
     from tunekit.tune import native_stderr_to
 
@@ -444,7 +446,7 @@ def build(model, onnx_file, res, target, out, batch, weights, db_path, no_transf
     spec = resolve_target(target)
     name = model or model_name_for(onnx_file)
     out_dir = Path(out or f"artifacts/{name}-{spec.name}")
-    building.check_out_dir(out_dir)
+    check_out_dir(out_dir, MANIFEST_KIND, "tunekit's artifact manifest")
     if onnx_file:
         from tunekit import onnxutil
 

@@ -174,19 +174,19 @@ def write_json(path: Path, data) -> None:
 EXPORT_KIND = "tunekit-onnx-export"
 
 
-def check_out_dir(out: Path) -> None:
-    """Refuse, before any work, an --out that is a file or holds a manifest.json that is not an export's."""
+def check_out_dir(out: Path, kind: str = EXPORT_KIND, what: str = "a tunekit export manifest") -> None:
+    """Refuse, before any work, an --out that is a file or holds a manifest.json of another ``kind``
+    (export's and build's directories alike: neither overwrites what it did not write)."""
     if out.exists() and not out.is_dir():
         raise ExportError(f"--out {out}: exists and is not a directory")
     path = out / MANIFEST
     if path.exists():
         try:
-            kind = json.loads(path.read_text()).get("kind")
+            found = json.loads(path.read_text()).get("kind")
         except (OSError, ValueError, AttributeError):
-            kind = None
-        if kind != EXPORT_KIND:
-            raise ExportError(f"--out {out}: holds a {MANIFEST} that is not a tunekit export manifest;"
-                              " choose another directory")
+            found = None
+        if found != kind:
+            raise ExportError(f"--out {out}: holds a {MANIFEST} that is not {what}; choose another directory")
 
 
 def _write_manifest(out: Path, model: str, source: str, results: list[ExportResult]) -> None:
