@@ -14,7 +14,7 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q --upgrade pip setuptools
 	# torch==2.13.0 is pinned so pip takes the CPU build, never the CUDA wheels.
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	$(BIN)/python -c "import tvm, torch, onnx, xgboost; from tvm.s_tir import meta_schedule; print('installed: tvm', tvm.__version__, '| torch', torch.__version__)"

@@ -92,6 +92,7 @@ CASES = [
     (["bench", *TINY, "--artifacts", "{root}/truncated", "--backends", "tuned"], "sha256 does not match"),
     (["compare", "{root}/notes.txt", "{root}/notes.txt"], "not a `tunekit bench"),
     (["compare", "{root}/bad.json", "{root}/bad.json", "--max-regression", "lots"], "expected a percentage"),
+    (["compare", "{root}/bad.json", "{root}/bad.json", "--max-regression", "5"], "ambiguous; write 5% for 5 percent"),
 ]
 
 

@@ -666,6 +666,9 @@ def compare(base, new, max_regression, backends):
         raise UserError(f"--max-regression {max_regression!r}: expected a percentage like 5% or a fraction like 0.05")
     if threshold < 0:
         raise UserError("--max-regression must not be negative")
+    if not text.endswith("%") and threshold >= 1:
+        raise UserError(f"--max-regression {text}: ambiguous; write {text}% for {text} percent or "
+                        f"{threshold / 100:g} as a fraction")
     reports = []
     for path in (base, new):
         try:
