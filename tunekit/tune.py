@@ -504,7 +504,7 @@ def tune(db, spec: TargetSpec, the_plan: Plan, log_path: Path, measurement: Meas
             if stop.requested:
                 break
             state["index"], state["best"] = index, None
-            report.wid = task.wid
+            report.wid, report.noise = task.wid, None  # a new task: the last task's batch says nothing of it
             if on_progress:
                 on_progress(Progress(index, len(todo), task, state["done"], total, state["failed"], None,
                                      time.time() - start))
