@@ -267,8 +267,9 @@ class _Reporter:
         text = (f"task {p.task_index + 1}/{p.task_count} {p.task.name} @{resolutions}  {best}"
                 + (f"  {p.failed} failed" if p.failed else "")
                 + (f"  noisy: repeats differ by {p.noise:.0%}" if p.noise is not None and p.noise > NOISY else ""))
+        self.total = p.trials_total  # seeding past a small budget adds measurements to the plan
         if self.live:
-            self.bar.update(self.bar_id, completed=p.trials_done, description=text)
+            self.bar.update(self.bar_id, completed=p.trials_done, total=max(self.total, 1), description=text)
         elif p.best_ms is not None:
             rate = p.trials_done / p.elapsed if p.elapsed else 0
             eta = (self.total - p.trials_done) / rate if rate else 0

@@ -437,17 +437,17 @@ def seed_task(db, task: PlannedTask, target, builder, runner, transfer: bool) ->
 
     notes = []
     stored = 0
-    measured = 0  # seeding measurements come out of the task's budget, never on top of it
     if transfer:
         adapted, skipped = xfer.candidates(db, task.mod, target, task.model, task.batch, task.name,
                                            task.uses[0][0], task.wid, limit=min(2, max(1, task.budget - 1)))
         secs = measure_schedules(db, task, [sch for _, sch in adapted], "transfer", target, builder, runner)
         stored += sum(s is not None for s in secs)
-        measured += len(adapted)
         for (donor, _), sec in zip(adapted, secs):
             notes.append(f"from {donor.resolution}: " + (f"{sec * 1e6:.1f} us" if sec is not None else "failed"))
         notes += [f"skipped {reason}" for reason in skipped]
-    default = fallback.cpu_schedule(task.mod, target, task.name) if measured < task.budget else None
+    # Always measured, even past a 1-trial budget: it is the untuned build's schedule, and having it in
+    # the database is what keeps a tuned build from ever being slower than an untuned one.
+    default = fallback.cpu_schedule(task.mod, target, task.name)
     if default is not None:
         (sec,) = measure_schedules(db, task, [default], "default", target, builder, runner)
         stored += sec is not None
@@ -470,7 +470,7 @@ def tune(db, spec: TargetSpec, the_plan: Plan, log_path: Path, measurement: Meas
     todo = [t for t in the_plan.tasks if t.remaining > 0]
     total = sum(t.remaining for t in todo)
     start = time.time()
-    state = {"done": 0, "failed": 0, "index": 0, "best": None, "note": None}
+    state = {"done": 0, "failed": 0, "index": 0, "best": None, "note": None, "total": total}
     if not todo:
         return TuneResult(the_plan, 0, 0, 0.0)
 
@@ -492,7 +492,7 @@ def tune(db, spec: TargetSpec, the_plan: Plan, log_path: Path, measurement: Meas
             state["best"] = best if state["best"] is None else min(state["best"], best)
         if on_progress:
             task = todo[state["index"]]
-            on_progress(Progress(state["index"], len(todo), task, state["done"], total, state["failed"],
+            on_progress(Progress(state["index"], len(todo), task, state["done"], state["total"], state["failed"],
                                  None if state["best"] is None else state["best"] * 1e3, time.time() - start,
                                  state["note"], report.noise))
 
@@ -506,10 +506,12 @@ def tune(db, spec: TargetSpec, the_plan: Plan, log_path: Path, measurement: Meas
             state["index"], state["best"] = index, None
             report.wid, report.noise = task.wid, None  # a new task: the last task's batch says nothing of it
             if on_progress:
-                on_progress(Progress(index, len(todo), task, state["done"], total, state["failed"], None,
+                on_progress(Progress(index, len(todo), task, state["done"], state["total"], state["failed"], None,
                                      time.time() - start))
             if task.done == 0 and task.searchable and target.kind.name == "llvm":
+                room = task.remaining
                 stored, note = seed_task(db, task, target, builder, runner, transfer)
+                state["total"] += max(0, stored - room)  # seeding past a small budget: the plan grows, said so
                 if stored:
                     task.done = db.trials(task.wid)
                     state["note"] = f"seeded: {note}"
@@ -536,7 +538,7 @@ def tune(db, spec: TargetSpec, the_plan: Plan, log_path: Path, measurement: Meas
             if not stop.requested and task.searchable and rpc is None:
                 note = remeasure_best(db, task, target, builder, runner)
                 if note and on_progress:
-                    on_progress(Progress(index, len(todo), task, state["done"], total, state["failed"],
+                    on_progress(Progress(index, len(todo), task, state["done"], state["total"], state["failed"],
                                          db.best_sec(task.wid) * 1e3, time.time() - start, note))
         interrupted = stop.requested
     return TuneResult(the_plan, state["done"], state["failed"], time.time() - start, interrupted)
