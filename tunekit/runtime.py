@@ -118,10 +118,11 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def default_threads(entry: dict) -> int:
-    """The artifact's thread count (its target's ``threads``, one per physical core), capped by this
-    machine's usable CPUs."""
-    return max(1, min(int(entry.get("threads") or usable_cpus()), usable_cpus()))
+def artifact_threads(entry: dict) -> int:
+    """The threads a manifest entry runs on here: its target's ``threads`` (one per physical core, what
+    ``targets.default_threads`` gave at build time), capped by this process's usable CPUs."""
+    cpus = usable_cpus()
+    return max(1, min(int(entry.get("threads") or cpus), cpus))
 
 
 def start_thread_pool(threads: int) -> int:
@@ -164,7 +165,7 @@ class Artifact:
         self.device = tvm.cuda(0) if self.target["kind"] == "cuda" else tvm.cpu(0)
         self.threads = None
         if self.target["kind"] == "llvm":
-            wanted = threads or default_threads(entry)
+            wanted = threads or artifact_threads(entry)
             self.threads = start_thread_pool(wanted)
             if self.threads != wanted:
                 warnings.warn(f"TVM's thread pool was started with {self.threads} threads before tunekit asked for"

@@ -328,8 +328,8 @@ def make_runner(spec: TargetSpec, measurement: Measurement, rpc: tuple[str, int,
 
 
 def measure(task: PlannedTask, schedules: list, target, builder, runner, db, source: str) -> list:
-    """Build and run ready-made schedules of ``task``: per schedule (seconds per repeat, or None where it
-    failed; failures are recorded in ``db`` as data)."""
+    """Build and run ready-made schedules of ``task``: per schedule, (seconds per repeat, its ArgInfo), or
+    None where it failed (failures are recorded in ``db`` as data)."""
     from tvm.s_tir import meta_schedule as ms
 
     if not schedules:
@@ -347,7 +347,7 @@ def measure(task: PlannedTask, schedules: list, target, builder, runner, db, sou
         if result.error_msg:
             db.note_failure(task.wid, "run", f"{source} schedule: {result.error_msg}")
         else:
-            out[i] = [float(x) for x in result.run_secs]
+            out[i] = ([float(x) for x in result.run_secs], infos[i])
     return out
 
 
@@ -366,10 +366,10 @@ def measure_schedules(db, task: PlannedTask, schedules: list, source: str, targe
     secs: list = [None] * len(schedules)
     previous, db.source = db.source, source
     try:
-        for i, run_secs in enumerate(measure(task, schedules, target, builder, runner, db, source)):
-            if run_secs is None:
+        for i, measured in enumerate(measure(task, schedules, target, builder, runner, db, source)):
+            if measured is None:
                 continue
-            info = ms.arg_info.ArgInfo.from_entry_func(schedules[i].mod, remove_preproc=True)
+            run_secs, info = measured
             db.commit_tuning_record(ms.database.TuningRecord(schedules[i].trace, db.commit_workload(task.mod),
                                                              run_secs, target, info))
             secs[i] = sum(run_secs) / len(run_secs)
@@ -407,7 +407,7 @@ def remeasure_best(db, task: PlannedTask, target, builder, runner, top: int = RE
         before.append(sec)
     again = measure(task, schedules, target, builder, runner, db, "remeasure")
     for rid, old, new in zip(ids, before, again):
-        db.set_mean_sec(rid, max(old, sum(new) / len(new)) if new else None)
+        db.set_mean_sec(rid, max(old, sum(new[0]) / len(new[0])) if new else None)
     kept = db.best_records(task.wid, 1)
     if not kept:
         return None
