@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench bench-ci bench-ci-baseline clean
 
 install: $(STAMP)
 
@@ -39,6 +39,20 @@ BENCH_OUT ?= benchmarks/resnet18-host
 bench: install
 	$(BIN)/tunekit bench --model resnet18 --res 112..448 --target host \
 		--output $(BENCH_OUT).json --output $(BENCH_OUT).md --plot $(BENCH_OUT).png
+
+# The CI regression gate (benchmarks/ci/README.md): resnet18 at 112 and 224, tuned against ONNX Runtime
+# measured beside it, compared with the committed baseline of this host's CPU class as a ratio
+# (machine-independent), 10% threshold, 95% bootstrap interval. Exit 0 ok, 1 regression, 2 unusable.
+BENCH_CI_OUT  ?= /tmp/tunekit-bench-ci.json
+BENCH_CI_MCPU  = $(shell $(BIN)/python -c "from tvm.target import codegen; print(codegen.llvm_get_system_cpu())" 2>/dev/null)
+BENCH_CI_BASE ?= benchmarks/ci/baseline-$(BENCH_CI_MCPU).json
+bench-ci: install
+	@test -f $(BENCH_CI_BASE) || { echo "no CI baseline for this CPU class ($(BENCH_CI_BASE)); make one with: make bench-ci-baseline" >&2; exit 2; }
+	$(BIN)/tunekit bench --model resnet18 --res 112,224 --target host --backends tuned,onnxruntime --output $(BENCH_CI_OUT)
+	$(BIN)/tunekit compare $(BENCH_CI_BASE) $(BENCH_CI_OUT) --relative-to onnxruntime --max-regression 10%
+
+bench-ci-baseline: install
+	$(BIN)/tunekit bench --model resnet18 --res 112,224 --target host --backends tuned,onnxruntime --output $(BENCH_CI_BASE)
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -11,7 +11,7 @@ from tunekit import onnxutil
 from tunekit.errors import ExportError, OnnxModelError, TunekitError
 from tunekit.export import export_onnx, export_zoo
 from tunekit.models import MODELS, create_model
-from tunekit.runtime import sha256
+from tunekit.common import sha256
 
 
 @pytest.mark.parametrize("name, side", [("resnet18", 64), ("resnet50", 64), ("mobilenet_v2", 64),

@@ -8,7 +8,6 @@ import sqlite3
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
@@ -90,7 +89,6 @@ def test_records_of_other_targets_and_versions_are_never_applied(tuned_db):
 
 
 def test_export_applies_in_stock_tvm(tuned_db, tmp_path, cli):
-    import tvm
     from tvm import relax
     from tvm.s_tir import meta_schedule as ms
 

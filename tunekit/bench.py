@@ -339,7 +339,7 @@ class _Samples:
                 "process_medians_ms": per_process,
                 "process_spread_pct": 100 * (max(per_process) - min(per_process)) / median,
                 "settle_ms": float(np.median(self.settle_ms)) if self.settle_ms else 0.0,
-                "raw_ms": [round(float(v), 5) for v in ms]}
+                "raw_ms": [round(float(v), 5) for v in ms], "raw_process": [p for p, _ in self.pairs]}
 
 
 def race(jobs: dict[str, list[Job]], threads: int, protocol: Protocol,
@@ -535,10 +535,32 @@ def environment(spec: TargetSpec, threads: int) -> dict:
 
     from tvm.target import codegen
 
+    import tunekit
+
+    versions["tunekit"] = tunekit.__version__
     return {"machine": {"cpu": info["model"], "mcpu": str(codegen.llvm_get_system_cpu()),
                         "cores": psutil.cpu_count(logical=False),
                         "threads": psutil.cpu_count(logical=True), "isa": isa},
-            "versions": versions, "threads": threads, "target": spec.to_json()}
+            "versions": versions, "git_commit": git_commit(), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "threads": threads, "target": spec.to_json()}
+
+
+def git_commit() -> str | None:
+    """The commit of the tunekit source tree this runs from (with ``+dirty`` for uncommitted changes), or None
+    for an installed wheel."""
+    import subprocess
+
+    here = Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(["git", "-C", str(here), "rev-parse", "--show-toplevel", "HEAD"], capture_output=True,
+                              text=True, timeout=10)
+        if head.returncode != 0 or Path(head.stdout.split()[0], "tunekit").resolve() != here:
+            return None  # not a checkout, or a checkout of something else (a venv inside a repository)
+        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return head.stdout.split()[1] + ("+dirty" if dirty else "")
 
 
 # ---------------------------------------------------------------- formatting
@@ -665,34 +687,3 @@ def plot(report: dict, path: str | Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-
-
-# ------------------------------------------------------------------ compare
-def compare(base: dict, new: dict, max_regression: float, backends: list[str] | None = None) -> tuple[list, bool]:
-    """Rows (resolution, backend, base ms, new ms, change, verdict) and whether any regressed.
-
-    A slowdown counts as a regression only when it exceeds ``max_regression``
-    *and* the runs' spreads do not overlap (new p10 above base p90): a change
-    within the measured noise is reported as noise, never as a failure.
-    """
-    base_rows = {r["resolution"]: r for r in base["rows"]}
-    out, regressed = [], False
-    for r in new["rows"]:
-        b = base_rows.get(r["resolution"])
-        if b is None:
-            continue
-        for name in backends or BACKENDS:
-            if name not in r or name not in b:
-                continue
-            old, cur = b[name], r[name]
-            change = cur["median_ms"] / old["median_ms"] - 1
-            if change > max_regression and cur["p10_ms"] > old["p90_ms"]:
-                verdict, regressed = "REGRESSION", True
-            elif change > max_regression:
-                verdict = "slower, within spread"
-            elif change < -max_regression and cur["p90_ms"] < old["p10_ms"]:
-                verdict = "faster"
-            else:
-                verdict = "ok"
-            out.append((r["resolution"], name, old["median_ms"], cur["median_ms"], change, verdict))
-    return out, regressed

@@ -30,10 +30,10 @@ from typing import Callable
 
 import numpy as np
 
-from tunekit.errors import TunekitError
-from tunekit.export import write_json
+from tunekit.common import MANIFEST, sample_input, sha256, write_json
+from tunekit.errors import BuildError
 from tunekit.keys import Key
-from tunekit.runtime import MANIFEST, MANIFEST_KIND, Artifact, has_cuda, sha256
+from tunekit.runtime import MANIFEST_KIND, Artifact, has_cuda
 from tunekit.targets import TargetSpec
 
 # Outputs must agree within ATOL + RTOL * max|reference|. Looser than export's
@@ -41,10 +41,6 @@ from tunekit.targets import TargetSpec
 # ResNet-18: ~1e-6 relative).
 ATOL = 1e-3
 RTOL = 1e-3
-
-
-class BuildError(TunekitError):
-    """A model that cannot be compiled for the target, or whose library does not match its reference."""
 
 
 @dataclass
@@ -160,10 +156,6 @@ def _write_manifest(out: Path, entries: list[dict]) -> None:
     manifest = {"kind": MANIFEST_KIND,
                 "artifacts": sorted(merged.values(), key=lambda e: (e["model"], e["resolution"], e["file"]))}
     write_json(path, manifest)
-
-
-def sample_input(shape, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).standard_normal(shape, dtype=np.float32)
 
 
 def _verify(key: Key, library: Path, entry: dict, reference: Callable[[np.ndarray], np.ndarray]):

@@ -319,56 +319,39 @@ def tune(model, onnx_file, res, target, trials, trials_per_task, batch, weights,
     """
     import shlex
 
-    from tunekit import database, frontend
-    from tunekit import tune as tuning
-    from tunekit.keys import Key, model_name_for
-    from tunekit.targets import resolve_target
+    from tunekit import api, database
 
-    _one_source(model, onnx_file)
-    if trials and trials_per_task:
-        raise UserError("give --trials or --trials-per-task, not both")
-    sides = _sides(res, model)
-    anchors = None
-    if anchor:
-        if no_transfer:
-            raise UserError("--anchor needs transfer; drop --no-transfer")
-        anchors = _sides(anchor, model)
-        missing = [a for a in anchors if a not in sides]
-        if missing:
-            raise UserError(f"--anchor {missing[0]} is not one of the resolutions tuned ({res})")
+    job = api.Job(model, onnx_file, res, batch, weights, target, db_path)
     rpc_addr = _parse_rpc(rpc, rpc_key)
-    if rpc_addr:
-        from tunekit.rpc import check_tracker
+    click.echo(f"tuning {model or onnx_file} at {', '.join(map(str, job.sides))} (batch {batch}) for "
+               f"{job.spec.name}: {json.dumps(job.spec.tvm)}")
+    click.echo(f"database {job.db_path}; TVM's own log {job.db_path.with_suffix('.log')}")
+    anchors = _sides(anchor, model) if anchor else None
+    plan = api.plan(job, trials, trials_per_task, not no_transfer, anchors, rpc_addr)
+    _print_plan(plan, len(job.sides))
+    if dry_run:
+        return
+    reporter = _Reporter(plan.new)
+    try:
+        result = api.tune(job, transfer=not no_transfer, rpc=rpc_addr, seed=seed, the_plan=plan,
+                          on_progress=reporter)
+    finally:
+        reporter.close()
+    rate = result.trials_run / result.seconds if result.seconds else 0.0
+    click.echo(f"{result.trials_run} trials in {result.seconds:.0f}s ({rate:.2f} trials/s), "
+               f"{result.failed} failed candidates (kept as data: tunekit db stats)")
+    if result.interrupted:
+        click.echo("interrupted: every measured trial is kept. Resume with:", err=True)
+        click.echo("  " + shlex.join(["tunekit", *sys.argv[1:]]), err=True)
+        sys.exit(130)
+    _print_summary(job.db_path, job.name, job.sides, batch,
+                   database.short_target(database.target_key(job.spec.tvm_target())))
 
-        check_tracker(*rpc_addr)  # fail now, not after planning
-    spec = resolve_target(target)
-    if spec.is_gpu and rpc_addr is None:
-        from tunekit.runtime import has_cuda
 
-        if not has_cuda():
-            raise UserError(f"target {spec.name} needs a GPU to measure on and this machine has none; "
-                            "measure remotely with --rpc HOST:PORT --rpc-key KEY")
-    path = database.resolve_path(db_path)
-    name = model or model_name_for(onnx_file)
-    keys = [Key(name, s, s, batch) for s in sides]
-    click.echo(f"tuning {model or onnx_file} at {', '.join(map(str, sides))} (batch {batch}) for "
-               f"{spec.name}: {json.dumps(spec.tvm)}")
-    click.echo(f"database {path}; TVM's own log {path.with_suffix('.log')}")
-
-    target_obj = spec.tvm_target()
-    db = database.open_database(path, target_obj)
-    if onnx_file:
-        from tunekit import onnxutil
-
-        onnxutil.load(onnx_file)  # a bad file fails here, with one line
-    log_path = path.with_suffix(".log")
-    with tuning.native_stderr_to(log_path):
-        plan = tuning.plan(db, target_obj, keys,
-                           lambda k: frontend.onnx_graph(k, model=model, onnx_file=onnx_file, weights=weights),
-                           trials, trials_per_task, transfer=not no_transfer, anchors=anchors)
+def _print_plan(plan, resolutions: int) -> None:
     searchable = [t for t in plan.tasks if t.searchable]
     lifted = sum(len(v) for v in plan.weight_only.values())
-    click.echo(f"{sum(plan.per_resolution.values())} tasks over {len(sides)} resolution(s) -> {len(plan.tasks)} "
+    click.echo(f"{sum(plan.per_resolution.values())} tasks over {resolutions} resolution(s) -> {len(plan.tasks)} "
                f"unique ({len(searchable)} to search, {len(plan.tasks) - len(searchable)} with one schedule); "
                f"{lifted} weight-only tasks run once at build, not tuned")
     done = [t for t in plan.tasks if t.remaining == 0]
@@ -382,23 +365,6 @@ def tune(model, onnx_file, res, target, trials, trials_per_task, batch, weights,
                + (f" ({budgets[-1]} away from the anchor)" if len(budgets) > 1 else "")
                + f": {plan.reused} trials reused from the database, {plan.new} new; "
                f"{len(done)}/{len(plan.tasks)} tasks already done")
-    if dry_run:
-        return
-    reporter = _Reporter(plan.new)
-    try:
-        with tuning.native_stderr_to(log_path):
-            result = tuning.tune(db, spec, plan, log_path, rpc=rpc_addr, seed=seed, on_progress=reporter,
-                                 transfer=not no_transfer)
-    finally:
-        reporter.close()
-    rate = result.trials_run / result.seconds if result.seconds else 0.0
-    click.echo(f"{result.trials_run} trials in {result.seconds:.0f}s ({rate:.2f} trials/s), "
-               f"{result.failed} failed candidates (kept as data: tunekit db stats)")
-    if result.interrupted:
-        click.echo("interrupted: every measured trial is kept. Resume with:", err=True)
-        click.echo("  " + shlex.join(["tunekit", *sys.argv[1:]]), err=True)
-        sys.exit(130)
-    _print_summary(path, name, sides, batch, database.short_target(database.target_key(target_obj)))
 
 
 # -------------------------------------------------------------------- build
@@ -432,48 +398,24 @@ def build(model, onnx_file, res, target, out, batch, weights, db_path, no_transf
       tunekit build --model resnet18 --res 112..448 --target host --out artifacts/r18
       tunekit build --model resnet18 --res 224 --target cuda-sm90 --out artifacts/r18-h200
     """
-    from pathlib import Path
+    from tunekit import api
 
-    from tunekit import build as building
-    from tunekit import database, frontend
-    from tunekit.export import check_out_dir
-    from tunekit.keys import Key, model_name_for
-    from tunekit.runtime import MANIFEST_KIND
-    from tunekit.targets import resolve_target
-    from tunekit.tune import native_stderr_to
-
-    _one_source(model, onnx_file)
-    sides = _sides(res, model)
-    spec = resolve_target(target)
-    name = model or model_name_for(onnx_file)
-    out_dir = Path(out or f"artifacts/{name}-{spec.name}")
-    check_out_dir(out_dir, MANIFEST_KIND, "tunekit's artifact manifest")
-    if onnx_file:
-        from tunekit import onnxutil
-
-        onnxutil.load(onnx_file)
-    path = database.resolve_path(db_path)
-    db = database.open_database(path, spec.tvm_target()) if path.is_file() else None
-    click.echo(f"building {model or onnx_file} at {', '.join(map(str, sides))} (batch {batch}) for {spec.name}: "
-               f"{json.dumps(spec.tvm)}")
-    click.echo(f"schedules from {path}" if db else f"no tuning database at {path}: every task gets a default schedule")
+    job = api.Job(model, onnx_file, res, batch, weights, target, db_path)
+    has_db = job.db_path.is_file()
+    click.echo(f"building {model or onnx_file} at {', '.join(map(str, job.sides))} (batch {batch}) for "
+               f"{job.spec.name}: {json.dumps(job.spec.tvm)}")
+    click.echo(f"schedules from {job.db_path}" if has_db else
+               f"no tuning database at {job.db_path}: every task gets a default schedule")
 
     def done(b):
         h, w = b.key.height, b.key.width
         check = (f"max |err| {b.max_abs_err:.2g} <= {b.tolerance:.2g}, load {b.load_ms:.0f} ms, "
                  f"first run {b.first_run_ms:.1f} ms" if b.max_abs_err is not None else b.verification)
         click.echo(f"  {h}x{w}: {len(b.tuned)} tuned, {len(b.transferred)} transferred, {len(b.fallback)} fallback; "
-                   f"compiled in {b.compile_s:.1f}s; "
-                   f"{check} -> {b.path}")
+                   f"compiled in {b.compile_s:.1f}s; {check} -> {b.path}")
 
-    keys = [Key(name, s, s, batch) for s in sides]
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with native_stderr_to(out_dir / "build.log"):  # TVM's C++ warnings
-        building.build(spec, keys, lambda k: frontend.onnx_graph(k, model=model, onnx_file=onnx_file,
-                                                                 weights=weights),
-                       building.reference_for(model, onnx_file, weights), db, out_dir, on_done=done,
-                       transfer=not no_transfer)
-    click.echo(f"manifest: {out_dir / 'manifest.json'}")
+    built = api.build(job, out, transfer=not no_transfer, on_done=done)
+    click.echo(f"manifest: {built[0].path.parent / 'manifest.json'}")
 
 
 # -------------------------------------------------------------------- bench
@@ -523,103 +465,21 @@ def bench(model, onnx_file, res, target, artifacts, db_path, threads, batch, bac
       tunekit bench --model resnet18 --res 224 --artifacts artifacts/r18 --output r18.json --plot r18.png
       tunekit bench --model resnet18 --res 112 --backends untuned,onednn --isolation-check
     """
-    import tempfile
     from pathlib import Path
 
+    from tunekit import api
     from tunekit import bench as benching
-    from tunekit.targets import default_threads, resolve_target
 
-    _one_source(model, onnx_file)
     chosen = benching.parse_backends(backends)
-    sides = _sides(res, model)
     for out in outputs:
         if Path(out).suffix not in (".json", ".md", ".csv"):
             raise UserError(f"--output {out}: name a .json, .md or .csv file")
-    if artifacts and not Path(artifacts, "manifest.json").is_file():
-        raise UserError(f"--artifacts {artifacts}: no manifest.json there; build with `tunekit build --out {artifacts}`")
-    spec = resolve_target(target)
-    if spec.is_gpu:
-        raise UserError(f"bench compares against PyTorch on this CPU; {spec.name} is a GPU target (not supported yet)")
-    threads = threads or default_threads(spec)
-
-    from tunekit import frontend
-    from tunekit.keys import Key, model_name_for
-
-    if onnx_file:
-        from tunekit import onnxutil
-
-        onnxutil.load(onnx_file)
-    name = model or model_name_for(onnx_file)
-    keys = [Key(name, s, s, batch) for s in sides]
-
-    def graph_of(key):
-        return frontend.onnx_graph(key, model=model, onnx_file=onnx_file, weights=weights)
-
-    if keep_artifacts:
-        scratch = Path(keep_artifacts)
-        scratch.mkdir(parents=True, exist_ok=True)
-    else:
-        scratch = Path(tempfile.mkdtemp(prefix="tunekit-bench-"))
-    try:
-        _bench(name, spec, keys, chosen, sides, batch, threads, model, weights, onnx_file, artifacts, db_path,
-               repeats, processes, isolation_check, fmt, outputs, plot_path, scratch, graph_of)
-    finally:
-        if not keep_artifacts:
-            import shutil
-
-            shutil.rmtree(scratch, ignore_errors=True)
-
-
-def _bench(name, spec, keys, chosen, sides, batch, threads, model, weights, onnx_file, artifacts, db_path, repeats,
-           processes, isolation_check, fmt, outputs, plot_path, scratch, graph_of):
-    import dataclasses
-    from pathlib import Path
-
-    from tunekit import bench as benching
-    from tunekit import build as building
-    from tunekit import database, runtime
-    from tunekit.peak import measured_peak
-    from tunekit.tune import native_stderr_to
-
-    reference = building.reference_for(model, onnx_file, weights)
-
-    def built(key, db, out):
-        file = building.artifact_name(key, spec)
-        if not (out / file).is_file():
-            out.mkdir(parents=True, exist_ok=True)
-            with native_stderr_to(scratch / "build.log"):  # TVM's C++ warnings
-                building.build(spec, [key], graph_of, reference, db, out)
-        return out, file
-
-    def tuned(key):
-        if artifacts:
-            file = building.artifact_name(key, spec)
-            if not Path(artifacts, file).is_file():
-                raise UserError(f"--artifacts {artifacts} has no {file}; build it with `tunekit build --model "
-                                f"{name} --res {key.height} --target {spec.name} --out {artifacts}`")
-            runtime.load(artifacts, file)  # refuse a corrupt or incompatible artifact here, in one line
-            return Path(artifacts), file
-        path = database.resolve_path(db_path)
-        db = database.open_database(path, spec.tvm_target()) if path.is_file() else None
-        return built(key, db, scratch / "tuned")
-
-    ctx = benching.BenchContext(spec, keys, graph_of, model, weights, tuned,
-                                lambda key: built(key, None, scratch / "untuned"), threads, scratch / "onnx")
+    job = api.Job(model, onnx_file, res, batch, weights, target, db_path)
     protocol = benching.Protocol(repeats=repeats, processes=processes)
-    click.echo(f"bench {name} at {', '.join(map(str, sides))} (batch {batch}) on {spec.name}, {threads} threads, "
-               f"backends {', '.join(chosen)}", err=True)
-    click.echo(f"protocol: {protocol.describe()}", err=True)
-    peak = measured_peak(threads)
-    click.echo(f"peak: {peak['gflops']:.0f} GFLOP/s ({peak['how']}; cached per host)", err=True)
-    result = benching.run(ctx, chosen, protocol, isolation_check=isolation_check, peak=peak,
-                          on_progress=lambda text: click.echo(f"  {text}", err=True))
-    report = {"model": name, "batch": batch, "command": _invocation(),
-              **benching.environment(spec, threads), "peak": peak,
-              "protocol": {**dataclasses.asdict(protocol), "text": protocol.describe(),
-                           "isolation": "one worker process per backend, each quiet before the next runs",
-                           "isolation_check": isolation_check},
-              "rows": result["rows"], "scaling_efficiency": benching.scaling_efficiency(result["rows"]),
-              "notes": result["notes"]}
+    click.echo(f"bench {job.name} at {', '.join(map(str, job.sides))} (batch {batch}) on {job.spec.name}, "
+               f"backends {', '.join(chosen)}\nprotocol: {protocol.describe()}", err=True)
+    report = api.bench(job, chosen, artifacts, threads, repeats, processes, isolation_check, keep_artifacts,
+                       _invocation(), on_progress=lambda text: click.echo(f"  {text}", err=True))
     render = {"json": lambda: json.dumps(report, indent=2), "md": lambda: benching.to_markdown(report),
               "csv": lambda: benching.to_csv(report)}
     for out in outputs:
@@ -628,65 +488,77 @@ def _bench(name, spec, keys, chosen, sides, batch, threads, model, weights, onnx
     if plot_path:
         Path(plot_path).parent.mkdir(parents=True, exist_ok=True)
         benching.plot(report, plot_path)
-    if fmt == "table":
-        for title, header, rows in benching.tables(report):
-            _table(f"{name} on {spec.name}, {threads} threads: {title}", header, rows)
-        for k, v in report["scaling_efficiency"].items():
-            click.echo(f"scaling efficiency {k}: {v:.2f}")
-        for note in report["notes"]:
-            click.echo(f"note: {note}")
-    else:
+    if fmt != "table":
         click.echo(render[fmt]())
-    if not result["rows"] or all(not set(r) & set(benching.BACKENDS) for r in result["rows"]):
-        raise UserError("no backend could be measured: " + "; ".join(result["notes"]))
+        return
+    for title, header, rows in benching.tables(report):
+        _table(f"{job.name} on {job.spec.name}, {report['threads']} threads: {title}", header, rows)
+    for k, v in report["scaling_efficiency"].items():
+        click.echo(f"scaling efficiency {k}: {v:.2f}")
+    for note in report["notes"]:
+        click.echo(f"note: {note}")
 
 
 @main.command()
 @click.argument("base", type=click.Path(exists=True, dir_okay=False))
 @click.argument("new", type=click.Path(exists=True, dir_okay=False))
 @click.option("--max-regression", default="5%", show_default=True,
-              help="Largest slowdown tolerated, e.g. 5% or 0.05.")
-@click.option("--backends", help="Comma-separated backends to compare [default: every one in both files].")
-def compare(base, new, max_regression, backends):
-    """Compare two `bench --output X.json` reports; exit 1 on a regression (CI gate).
+              help="Largest slowdown tolerated: 5% or 0.05 (a bare 5 is refused as ambiguous).")
+@click.option("--relative-to", type=click.Choice(["onednn", "onnxruntime", "openvino", "untuned"]),
+              help="Compare each backend's time divided by this backend's, measured in the same run "
+                   "(machine-independent; the recommended CI mode).")
+@click.option("--backends", help="Comma-separated backends to compare [default: tuned].")
+def compare(base, new, max_regression, relative_to, backends):
+    """Compare two `bench --output X.json` reports: the CI regression gate.
 
-    A slowdown beyond --max-regression counts only when it is also beyond the
-    measured spread (the new p10 above the base p90); smaller or noisy changes
-    are shown, not failed.
+    A change is a REGRESSION when it exceeds --max-regression and its 95%
+    confidence interval (a bootstrap over worker processes, then samples, from
+    the raw samples in the reports) lies wholly above zero. The reports must
+    measure the same model, batch, threads and ISA; other differences (CPU
+    name, library versions) are warned about.
 
     \b
-    Example:
-      tunekit compare benchmarks/resnet18-host.json new.json --max-regression 5% --backends tuned
-    """
-    from tunekit import bench as benching
+    Exit codes: 0 no regression, 1 regression, 2 unusable input (a malformed
+    report, reports of different experiments, a bad option).
 
-    text = max_regression.strip()
+    \b
+    Examples:
+      tunekit compare base.json new.json --relative-to onnxruntime --max-regression 10%
+      tunekit compare benchmarks/resnet18-host.json new.json --max-regression 5% --backends tuned,untuned
+    """
+    from pathlib import Path
+
+    from tunekit import bench as benching
+    from tunekit import regression
+
     try:
-        threshold = float(text[:-1]) / 100 if text.endswith("%") else float(text)
-    except ValueError:
-        raise UserError(f"--max-regression {max_regression!r}: expected a percentage like 5% or a fraction like 0.05")
-    if threshold < 0:
-        raise UserError("--max-regression must not be negative")
-    if not text.endswith("%") and threshold >= 1:
-        raise UserError(f"--max-regression {text}: ambiguous; write {text}% for {text} percent or "
-                        f"{threshold / 100:g} as a fraction")
+        threshold = regression.parse_threshold(max_regression)
+    except ValueError as exc:
+        raise UserError(f"--max-regression {exc}") from None
     reports = []
     for path in (base, new):
         try:
-            report = json.loads(open(path).read())
-            report["rows"]
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise UserError(f"{path}: not a `tunekit bench --output FILE.json` report") from None
-        reports.append(report)
-    chosen = benching.parse_backends(backends) if backends else None
-    rows, regressed = benching.compare(reports[0], reports[1], threshold, chosen)
-    if not rows:
-        raise UserError("the two reports share no resolution and backend to compare")
-    _table(f"{new} against {base} (threshold {threshold:.1%})", ["res", "backend", "base ms", "new ms", "change",
-                                                                  "verdict"],
-           [[r, b, f"{o:.3f}", f"{c:.3f}", f"{ch:+.1%}", v] for r, b, o, c, ch, v in rows])
-    if regressed:
-        click.echo(f"regression beyond {threshold:.1%} and the measured spread", err=True)
+            report = json.loads(Path(path).read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise UserError(f"{path}: not a `tunekit bench --output FILE.json` report (not JSON)") from None
+        reports.append(regression.validate(report, path))
+    mismatch = regression.identity_mismatch(*reports)
+    if mismatch:
+        raise UserError(mismatch)
+    for warning in regression.identity_warnings(*reports):
+        click.echo(f"warning: {warning}", err=True)
+    chosen = benching.parse_backends(backends) if backends else ["tuned"]
+    changes = regression.compare(reports[0], reports[1], threshold, chosen, relative_to)
+    if not changes:
+        raise UserError("the two reports share no resolution and backend to compare"
+                        + (f" (with {relative_to} in both)" if relative_to else ""))
+    unit = f"x {relative_to}" if relative_to else "ms"
+    _table(f"{new} against {base} (threshold {threshold:.1%}, 95% interval)",
+           ["res", "backend", f"base {unit}", f"new {unit}", "change", "interval", "verdict"],
+           [[c.resolution, c.backend, f"{c.base:.3f}", f"{c.new:.3f}", f"{c.change:+.1%}",
+             f"{c.low:+.1%} .. {c.high:+.1%}", c.verdict] for c in changes])
+    if any(c.regressed for c in changes):
+        click.echo(f"regression: slower by more than {threshold:.1%}, beyond the measured noise", err=True)
         sys.exit(1)
 
 

@@ -15,3 +15,11 @@ class ExportError(TunekitError):
 
 class OnnxModelError(TunekitError):
     """A user's ONNX file cannot be read or specialised."""
+
+
+class BuildError(TunekitError):
+    """A model that cannot be compiled for the target, or whose library does not match its reference."""
+
+
+class ReportError(TunekitError):
+    """A file that is not a usable bench report."""

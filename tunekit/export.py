@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
@@ -22,14 +21,13 @@ import onnx
 from tunekit import onnxutil
 from tunekit.errors import ExportError
 from tunekit.keys import Key, model_name_for
-from tunekit.runtime import sha256
+from tunekit.common import MANIFEST, sample_input, sha256, write_json
 
 OPSET = 17
 # Outputs must agree within ATOL + RTOL * max|reference| (float32 reassociation in
 # another runtime; random-init ResNets produce logits in the hundreds).
 ATOL = 1e-4
 RTOL = 1e-4
-MANIFEST = "manifest.json"
 
 
 @dataclass(frozen=True)
@@ -59,10 +57,6 @@ def torch_to_onnx(model, key: Key) -> onnx.ModelProto:
         torch.onnx.export(model, (torch.zeros(key.input_shape),), buffer, dynamo=False, opset_version=OPSET,
                           input_names=["input"], output_names=["logits"], do_constant_folding=True)
     return onnx.load_from_string(buffer.getvalue())
-
-
-def sample_input(key: Key, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).standard_normal(key.input_shape, dtype=np.float32)
 
 
 def _compare(key: Key, got: np.ndarray, want: np.ndarray) -> tuple[float, float]:
@@ -115,7 +109,7 @@ def export_zoo(name: str, sides: Iterable[int], out_dir: str | Path, batch: int 
         graph = torch_to_onnx(model, key)
         path = out / key.filename("onnx")
         _save_checked(graph, path)
-        x = sample_input(key)
+        x = sample_input(key.input_shape)
         with torch.no_grad():
             want = model(torch.from_numpy(x)).numpy().astype(np.float64)
         got = onnxutil.run(path, {"input": x})[0]
@@ -161,14 +155,6 @@ def export_onnx(source: str | Path, sides: Iterable[int], out_dir: str | Path, b
         if on_done:
             on_done(result)
     return results
-
-
-def write_json(path: Path, data) -> None:
-    """Write ``data`` as JSON to ``path`` atomically: a crash never leaves half a file."""
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as f:
-        json.dump(data, f, indent=2)
-    os.chmod(f.name, 0o644)
-    os.replace(f.name, path)
 
 
 EXPORT_KIND = "tunekit-onnx-export"

@@ -94,7 +94,7 @@ def measured_peak(threads: int, refresh: bool = False) -> dict:
                   "measured": time.strftime("%Y-%m-%d")}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        from tunekit.export import write_json
+        from tunekit.common import write_json
 
         write_json(path, cache)
     except OSError:  # a read-only home: measure again next time

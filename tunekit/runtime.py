@@ -9,7 +9,6 @@ inputs of the wrong shape or dtype.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import warnings
@@ -17,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
+from tunekit.common import MANIFEST, sha256
 from tunekit.errors import TunekitError
 
-MANIFEST = "manifest.json"
 MANIFEST_KIND = "tunekit-artifacts"
 
 
@@ -35,14 +34,6 @@ def has_cuda() -> bool:
         return bool(tvm.cuda(0).exist)
     except Exception:  # no driver, no runtime: just "no"
         return False
-
-
-def sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def read_manifest(directory: str | Path) -> dict:

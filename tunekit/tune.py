@@ -11,10 +11,8 @@ model; every measured candidate is committed as it arrives.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -174,26 +172,6 @@ def plan(db, target, keys: list[Key], graph_of: Callable[[Key], object], trials:
         task.budget = max(1, int(trials_per_task * share(task))) if task.searchable else 1
     planned.sort(key=lambda t: (distance(t), min(r for r, _ in t.uses)))
     return Plan(planned, per_resolution, weight_only, anchors)
-
-
-@contextlib.contextmanager
-def native_stderr_to(log_path: Path):
-    """Send file descriptor 2 to ``log_path`` while TVM works.
-
-    TVM's C++ side warns straight to fd 2 ("Unknown schedule rule ...") and the
-    builder/runner workers inherit it; that chatter belongs in the log, not the
-    terminal. Python's own ``sys.stderr`` object is left alone.
-    """
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with open(log_path, "a") as log:
-        os.dup2(log.fileno(), 2)
-    try:
-        yield
-    finally:
-        sys.stderr.flush()
-        os.dup2(saved, 2)
-        os.close(saved)
 
 
 def _logger_setup(log_path: Path) -> logging.Logger:
