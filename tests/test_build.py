@@ -12,7 +12,7 @@ import torch
 
 import tunekit
 from tunekit.models import create_model
-from tunekit.runtime import ArtifactError, has_cuda, resize_bilinear
+from tunekit.runtime import ArtifactError, has_cuda, resize_and_crop, resize_bilinear, softmax_top1
 
 
 @pytest.fixture(scope="module")
@@ -119,10 +119,68 @@ def test_bundle_routes_to_the_nearest_resolution(built):
     assert bundle.route(40, 40).resolution == (48, 48)  # nearer in pixel count (log scale)
     assert bundle.route(64, 64).resolution == (48, 48)
     x = np.random.default_rng(3).standard_normal((1, 3, 37, 41), dtype=np.float32)
-    resized = torch.nn.functional.interpolate(torch.from_numpy(x), size=(32, 32), mode="bilinear",
+    resized = torch.nn.functional.interpolate(torch.from_numpy(x), size=(32, 35), mode="bilinear",
                                               align_corners=False).numpy()
-    np.testing.assert_allclose(resize_bilinear(x, 32, 32), resized, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(bundle.run(x), _reference(resized), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(resize_bilinear(x, 32, 35), resized, rtol=1e-5, atol=1e-5)
+    cropped = resized[:, :, :, 1:33]  # aspect kept, centre crop
+    np.testing.assert_allclose(resize_and_crop(x, 32, 32), cropped, rtol=1e-5, atol=1e-5)
+    out, route = bundle.run(x, return_route=True)
+    np.testing.assert_allclose(out, _reference(cropped), rtol=1e-4, atol=1e-4)
+    assert route["resolutions"] == [[32, 32]] and route["ms"] > 0
+
+
+def test_build_measures_latency_into_the_manifest(built):
+    for e in json.loads((built[0] / "manifest.json").read_text())["artifacts"]:
+        latency = e["latency"]
+        assert 0 < latency["median_ms"] <= latency["p90_ms"] and latency["runs"] >= 20 and latency["threads"] >= 1
+
+
+def _with_latencies(built, tmp_path, ms: dict):
+    out = _copy(built, tmp_path)
+    manifest = json.loads((out / "manifest.json").read_text())
+    for e in manifest["artifacts"]:
+        e["latency"]["median_ms"] = ms[e["resolution"][0]]
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    return out
+
+
+def test_budget_policy_takes_the_largest_resolution_that_fits(built, tmp_path):
+    out = _with_latencies(built, tmp_path, {32: 1.0, 48: 2.0})
+    x = np.zeros((1, 3, 64, 64), dtype=np.float32)
+    for budget, side in ((1.5, 32), (2.0, 48), (50, 48)):
+        bundle = tunekit.load_bundle(out, policy="budget", budget_ms=budget)
+        assert bundle.run(x, return_route=True)[1]["resolutions"] == [[side, side]]
+    with pytest.raises(ArtifactError, match=r"no resolution fits 0.5 ms: the fastest, 32x32, takes 1.00 ms"):
+        tunekit.load_bundle(out, policy="budget", budget_ms=0.5)
+
+
+def test_cascade_runs_up_while_the_top1_probability_is_below_the_threshold(built):
+    # tinyconv with random weights: 10 classes, near-uniform softmax, so top-1 lies between 0.1 and 0.99
+    x = np.random.default_rng(5).standard_normal((1, 3, 40, 40), dtype=np.float32)
+    top1 = softmax_top1(_reference(resize_and_crop(x, 32, 32)))
+    assert 0.1 <= top1 < 0.99
+    sure = tunekit.load_bundle(built[0], policy="cascade", threshold=0.05)
+    assert sure.run(x, return_route=True)[1]["resolutions"] == [[32, 32]]
+    unsure = tunekit.load_bundle(built[0], policy="cascade", threshold=0.99)
+    out, route = unsure.run(x, return_route=True)
+    assert route["resolutions"] == [[32, 32], [48, 48]]
+    np.testing.assert_allclose(out, _reference(resize_and_crop(x, 48, 48)), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"policy": "fastest"}, "unknown policy 'fastest'"),
+    ({"policy": "budget"}, "policy='budget' needs it"),
+    ({"policy": "cascade", "threshold": 1.5}, "probability in \\(0, 1\\]"),
+    ({"budget_ms": 3}, "budget_ms= goes with policy='budget'"),
+])
+def test_bad_policy_arguments(built, kwargs, message):
+    with pytest.raises(ArtifactError, match=message):
+        tunekit.load_bundle(built[0], **kwargs)
+
+
+def test_bundle_refuses_an_image_with_the_wrong_channel_count(built):
+    with pytest.raises(ArtifactError, match="takes 3-channel images, got 1 channels"):
+        tunekit.load_bundle(built[0]).run(np.zeros((1, 1, 32, 32), dtype=np.float32))
 
 
 def test_runs_in_a_process_without_torch_or_tunekit(built, tmp_path):

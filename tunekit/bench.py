@@ -43,20 +43,12 @@ from typing import Callable
 
 import numpy as np
 
-from tunekit.errors import TunekitError
+from tunekit.errors import BenchError, WorkerError
 from tunekit.keys import Key
 from tunekit.targets import TargetSpec
 
 BACKENDS = ("tuned", "onednn", "untuned", "onnxruntime", "openvino")
 OPTIONAL = {"onnxruntime": "onnxruntime", "openvino": "openvino"}  # backend -> Python module
-
-
-class BenchError(TunekitError):
-    """A benchmark that cannot run as asked (unknown backend, missing artifacts, GPU target without GPU)."""
-
-
-class WorkerError(BenchError):
-    """A backend's worker process failed (the message is one line); the other backends go on."""
 
 
 @dataclass(frozen=True)
@@ -655,6 +647,15 @@ def to_csv(report: dict) -> str:
                                  f"{s['p10_ms']:.4f}", f"{s['p90_ms']:.4f}", f"{s['images_per_s']:.2f}",
                                  f"{s['gflops_per_s']:.2f}", "" if s["pct_peak"] is None else f"{s['pct_peak']:.2f}"])
     return buf.getvalue()
+
+
+def render(report: dict, fmt: str) -> str:
+    """The report as ``json``, ``md`` or ``csv`` text, ending in a newline."""
+    import json
+
+    text = {"json": lambda: json.dumps(report, indent=2), "md": lambda: to_markdown(report),
+            "csv": lambda: to_csv(report)}[fmt]()
+    return text if text.endswith("\n") else text + "\n"
 
 
 def plot(report: dict, path: str | Path) -> None:

@@ -41,6 +41,7 @@ from tunekit.targets import TargetSpec
 # ResNet-18: ~1e-6 relative).
 ATOL = 1e-3
 RTOL = 1e-3
+LATENCY_RUNS, LATENCY_SECONDS = 20, 0.5  # the manifest's latency: at least 20 calls and 0.5 s of them
 
 
 @dataclass
@@ -58,6 +59,7 @@ class Built:
     compile_s: float
     load_ms: float | None
     first_run_ms: float | None
+    latency: dict | None = None  # measured after verification: median_ms, p90_ms, runs, threads
 
     def to_entry(self, spec: TargetSpec, inputs, outputs, file: Path | None = None) -> dict:
         """The manifest entry, for ``file`` (default: the library's final path)."""
@@ -72,7 +74,7 @@ class Built:
                 "transferred": len(self.transferred), "transferred_from": self.transferred,
                 "fallback": len(self.fallback), "fallback_tasks": self.fallback,
                 "verification": self.verification, "max_abs_err": self.max_abs_err, "tolerance": self.tolerance,
-                "load_ms": self.load_ms, "first_run_ms": self.first_run_ms,
+                "load_ms": self.load_ms, "first_run_ms": self.first_run_ms, "latency": self.latency,
                 "sha256": sha256(file), "built": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 
@@ -159,7 +161,8 @@ def _write_manifest(out: Path, entries: list[dict]) -> None:
 
 
 def _verify(key: Key, library: Path, entry: dict, reference: Callable[[np.ndarray], np.ndarray]):
-    """Load ``library`` as users will and compare it with ``reference``: (max_err, tol, load_ms, first_run_ms)."""
+    """Load ``library`` as users will, compare it with ``reference`` and time it:
+    (max_err, tol, load_ms, first_run_ms, latency)."""
     t0 = time.perf_counter()
     artifact = Artifact(library, entry)
     load_ms = (time.perf_counter() - t0) * 1e3
@@ -175,7 +178,24 @@ def _verify(key: Key, library: Path, entry: dict, reference: Callable[[np.ndarra
     if not err <= tol:  # also catches NaN
         raise BuildError(f"{key}: built library differs from the reference by {err:.3g} (tolerance {tol:.3g});"
                          " not written")
-    return err, tol, load_ms, first_run_ms
+    return err, tol, load_ms, first_run_ms, measure_latency(artifact, x)
+
+
+def measure_latency(artifact: Artifact, x: np.ndarray, min_runs: int = LATENCY_RUNS,
+                    min_seconds: float = LATENCY_SECONDS) -> dict:
+    """The artifact's latency on its threads, in this process: 3 warm-up calls, then at least ``min_runs``
+    calls and ``min_seconds`` of them, one timing each. A short protocol for routing (``Bundle``'s budget
+    policy), not a benchmark: ``tunekit bench`` is the fair race."""
+    for _ in range(3):
+        artifact.run(x)
+    times = []
+    start = time.perf_counter()
+    while len(times) < min_runs or time.perf_counter() - start < min_seconds:
+        t0 = time.perf_counter()
+        artifact.run(x)
+        times.append((time.perf_counter() - t0) * 1e3)
+    return {"median_ms": float(np.median(times)), "p90_ms": float(np.percentile(times, 90)), "runs": len(times),
+            "threads": artifact.threads}
 
 
 def build(spec: TargetSpec, keys: list[Key], graph_of: Callable[[Key], object],
@@ -229,9 +249,10 @@ def _write_verified(key, spec, graph, executable, tmp, tuned, transferred, fallb
     built = Built(key, path, tuned, transferred, fallbacks, "not verified: no GPU", None, None, compile_s, None, None)
     if runnable:
         entry = built.to_entry(spec, inputs[0], outputs[0], tmp)
-        err, tol, load_ms, first_ms = _verify(key, tmp, entry, reference_of(key))
+        err, tol, load_ms, first_ms, latency = _verify(key, tmp, entry, reference_of(key))
         built.verification = "verified"
         built.max_abs_err, built.tolerance, built.load_ms, built.first_run_ms = err, tol, load_ms, first_ms
+        built.latency = latency
     return built
 
 

@@ -410,7 +410,8 @@ def build(model, onnx_file, res, target, out, batch, weights, db_path, no_transf
     def done(b):
         h, w = b.key.height, b.key.width
         check = (f"max |err| {b.max_abs_err:.2g} <= {b.tolerance:.2g}, load {b.load_ms:.0f} ms, "
-                 f"first run {b.first_run_ms:.1f} ms" if b.max_abs_err is not None else b.verification)
+                 f"{b.latency['median_ms']:.2f} ms (p90 {b.latency['p90_ms']:.2f}) on {b.latency['threads']} threads"
+                 if b.max_abs_err is not None else b.verification)
         click.echo(f"  {h}x{w}: {len(b.tuned)} tuned, {len(b.transferred)} transferred, {len(b.fallback)} fallback; "
                    f"compiled in {b.compile_s:.1f}s; {check} -> {b.path}")
 
@@ -480,16 +481,14 @@ def bench(model, onnx_file, res, target, artifacts, db_path, threads, batch, bac
                f"backends {', '.join(chosen)}\nprotocol: {protocol.describe()}", err=True)
     report = api.bench(job, chosen, artifacts, threads, repeats, processes, isolation_check, keep_artifacts,
                        _invocation(), on_progress=lambda text: click.echo(f"  {text}", err=True))
-    render = {"json": lambda: json.dumps(report, indent=2), "md": lambda: benching.to_markdown(report),
-              "csv": lambda: benching.to_csv(report)}
     for out in outputs:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(render[Path(out).suffix[1:]]() + ("\n" if out.endswith(".json") else ""))
+        Path(out).write_text(benching.render(report, Path(out).suffix[1:]))
     if plot_path:
         Path(plot_path).parent.mkdir(parents=True, exist_ok=True)
         benching.plot(report, plot_path)
     if fmt != "table":
-        click.echo(render[fmt]())
+        click.echo(benching.render(report, fmt), nl=False)
         return
     for title, header, rows in benching.tables(report):
         _table(f"{job.name} on {job.spec.name}, {report['threads']} threads: {title}", header, rows)
@@ -526,8 +525,6 @@ def compare(base, new, max_regression, relative_to, backends):
       tunekit compare base.json new.json --relative-to onnxruntime --max-regression 10%
       tunekit compare benchmarks/resnet18-host.json new.json --max-regression 5% --backends tuned,untuned
     """
-    from pathlib import Path
-
     from tunekit import bench as benching
     from tunekit import regression
 
@@ -535,13 +532,7 @@ def compare(base, new, max_regression, relative_to, backends):
         threshold = regression.parse_threshold(max_regression)
     except ValueError as exc:
         raise UserError(f"--max-regression {exc}") from None
-    reports = []
-    for path in (base, new):
-        try:
-            report = json.loads(Path(path).read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise UserError(f"{path}: not a `tunekit bench --output FILE.json` report (not JSON)") from None
-        reports.append(regression.validate(report, path))
+    reports = [regression.load(base), regression.load(new)]
     mismatch = regression.identity_mismatch(*reports)
     if mismatch:
         raise UserError(mismatch)

@@ -1,4 +1,5 @@
-"""The tuning-log database: SQLite (stdlib) behind MetaSchedule's Database interface.
+"""The tuning-log database file: SQLite (stdlib), its schema, and the file-level jobs (list, stats, prune,
+export, import). MetaSchedule's view of it is ``tuning_database.TuningDatabase``.
 
 One file holds every workload, every measured candidate and what it was tuned
 for. SQLite gives us the crash-safety the issue asks for: each record is its own
@@ -6,7 +7,7 @@ transaction (``kill -9`` loses at most the candidate in flight), WAL mode lets
 two tuning processes write one file at once, and the file is never left half
 written.
 
-A ``SQLiteDatabase`` is bound to one target and one TVM version: records made
+A ``TuningDatabase`` is bound to one target and one TVM version: records made
 for another target or TVM version stay in the file, are listed by ``tunekit db``,
 but are never returned to MetaSchedule, so they are never applied.
 """
@@ -16,8 +17,6 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from tunekit.errors import TunekitError
@@ -150,221 +149,12 @@ def resolve_path(db: str | Path | None) -> Path:
     return Path(db or os.environ.get("TUNEKIT_DB") or DEFAULT_DB)
 
 
-@dataclass(frozen=True)
-class TaskUse:
-    """One place a workload is used: a task of (model, resolution, batch) on a target."""
-
-    model: str
-    resolution: int
-    batch: int
-    task_name: str
-    weight: int
-
-
-def to_plain_json(obj):
-    """A MetaSchedule ``as_json`` object as plain JSON data, as TVM's own JSONDatabase writes it:
-    numbers and strings as they are, other IR objects (the IndexMap of a layout rewrite) as
-    TVM's JSON-graph string, which the trace reader parses back."""
-    import tvm
-    import tvm_ffi
-
-    if obj is None or isinstance(obj, (bool, int, float, str)):
-        return obj
-    if isinstance(obj, (list, tuple, tvm_ffi.Array)):
-        return [to_plain_json(x) for x in obj]
-    if isinstance(obj, (dict, tvm_ffi.Map)):
-        return {str(k): to_plain_json(v) for k, v in obj.items()}
-    if isinstance(obj, tvm.tirx.IntImm):
-        return int(obj.value)
-    if isinstance(obj, tvm.tirx.FloatImm):
-        return float(obj.value)
-    return tvm.ir.save_json(obj)
-
-
-def _make_database_class():
-    """Define the MetaSchedule subclass lazily, so importing this module does not import tvm."""
-    import tvm
-    import tvm_ffi
-    from tvm.ir.utils import derived_object
-    from tvm.s_tir.meta_schedule.database import PyDatabase, TuningRecord, Workload
-    from tvm.s_tir.meta_schedule.database.database import _ffi_api
-
-    @derived_object
-    class SQLiteDatabase(PyDatabase):
-        """MetaSchedule Database over a tunekit SQLite file, bound to one target and TVM version."""
-
-        def __init__(self, path: str | Path, target, source: str = "search"):
-            super().__init__()
-            self.path = Path(path)
-            self.conn = connect(self.path)
-            self.target = tvm.target.Target(target) if not isinstance(target, tvm.target.Target) else target
-            self.target_key = target_key(self.target)
-            self.version = tvm_version()
-            self.source = source
-            self.threads: int | None = None  # what the runner measures on; stored with every record
-            self._by_hash: dict[str, list[tuple[int, Workload]]] = {}
-            self._ids: dict[int, Workload] = {}
-
-        # ---- workloads
-        def _lookup(self, mod) -> tuple[int, Workload] | None:
-            shash = str(tvm_ffi.structural_hash(mod))
-            for wid, workload in self._by_hash.get(shash, []):
-                if tvm_ffi.structural_equal(workload.mod, mod):
-                    return wid, workload
-            # another process may have committed it since: look in the file
-            known = {wid for wid, _ in self._by_hash.get(shash, [])}
-            rows = self.conn.execute("SELECT id, workload_json FROM workloads WHERE shash=?", (shash,)).fetchall()
-            for wid, text in rows:
-                if wid in known:
-                    continue
-                workload = Workload.from_json(json.loads(text))
-                self._by_hash.setdefault(shash, []).append((wid, workload))
-                self._ids[wid] = workload
-                if tvm_ffi.structural_equal(workload.mod, mod):
-                    return wid, workload
-            return None
-
-        def workload_by_id(self, wid: int) -> Workload:
-            if wid not in self._ids:
-                (text,) = self.conn.execute("SELECT workload_json FROM workloads WHERE id=?", (wid,)).fetchone()
-                self._ids[wid] = Workload.from_json(json.loads(text))
-            return self._ids[wid]
-
-        def has_workload(self, mod) -> bool:
-            return self._lookup(mod) is not None
-
-        def commit_workload(self, mod) -> Workload:
-            return self._ids[self.workload_id(mod)]
-
-        def workload_id(self, mod) -> int:
-            """The row id of ``mod``'s workload, inserting it if new (safe against concurrent writers)."""
-            found = self._lookup(mod)
-            if found:
-                return found[0]
-            self.conn.execute("BEGIN IMMEDIATE")  # serialise with other writers, then look again
-            try:
-                found = self._lookup(mod)
-                if found:
-                    self.conn.execute("COMMIT")
-                    return found[0]
-                workload = Workload(mod)
-                shash = str(tvm_ffi.structural_hash(mod))
-                cur = self.conn.execute("INSERT INTO workloads (shash, workload_json) VALUES (?, ?)",
-                                        (shash, json.dumps(to_plain_json(_ffi_api.WorkloadAsJSON(workload)))))
-                self.conn.execute("COMMIT")
-            except BaseException:
-                self.conn.execute("ROLLBACK")
-                raise
-            self._by_hash.setdefault(shash, []).append((cur.lastrowid, workload))
-            self._ids[cur.lastrowid] = workload
-            return cur.lastrowid
-
-        def _id_of(self, workload: Workload) -> int:
-            for wid, known in self._ids.items():
-                if known.same_as(workload):
-                    return wid
-            return self.workload_id(workload.mod)
-
-        # ---- records
-        def has_record(self, record: TuningRecord) -> bool:
-            """Whether this exact record (same workload, target, trace and times) is stored already."""
-            target = target_key(record.target) if record.target is not None else self.target_key
-            text = json.dumps(to_plain_json(_ffi_api.TuningRecordAsJSON(record)))
-            return self.conn.execute("SELECT 1 FROM records WHERE workload_id=? AND target=? AND tvm_version=?"
-                                     " AND record_json=? LIMIT 1",
-                                     (self._id_of(record.workload), target, self.version, text)).fetchone() is not None
-
-        def commit_tuning_record(self, record: TuningRecord) -> None:
-            secs = [float(s) for s in (record.run_secs or [])]
-            mean = sum(secs) / len(secs) if secs and max(secs) < FAILED_SECS else None
-            target = target_key(record.target) if record.target is not None else self.target_key
-            self.conn.execute(
-                "INSERT INTO records (workload_id, target, tvm_version, record_json, mean_sec, source, created,"
-                " threads) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (self._id_of(record.workload), target, self.version,
-                 json.dumps(to_plain_json(_ffi_api.TuningRecordAsJSON(record))), mean, self.source, time.time(),
-                 self.threads))
-
-        def get_top_k(self, workload: Workload, top_k: int) -> list[TuningRecord]:
-            rows = self.conn.execute(
-                "SELECT record_json FROM records WHERE workload_id=? AND target=? AND tvm_version=?"
-                " AND mean_sec IS NOT NULL ORDER BY mean_sec LIMIT ?",
-                (self._id_of(workload), self.target_key, self.version, top_k)).fetchall()
-            return [TuningRecord.from_json(json.loads(text), workload) for (text,) in rows]
-
-        def get_all_tuning_records(self) -> list[TuningRecord]:
-            rows = self.conn.execute(
-                "SELECT r.record_json, r.workload_id, w.workload_json FROM records r JOIN workloads w"
-                " ON w.id = r.workload_id WHERE r.target=? AND r.tvm_version=?",
-                (self.target_key, self.version)).fetchall()
-            records = []
-            for text, wid, wtext in rows:
-                if wid not in self._ids:
-                    self._ids[wid] = Workload.from_json(json.loads(wtext))
-                records.append(TuningRecord.from_json(json.loads(text), self._ids[wid]))
-            return records
-
-        def __len__(self) -> int:
-            return self.conn.execute("SELECT COUNT(*) FROM records WHERE target=? AND tvm_version=?",
-                                     (self.target_key, self.version)).fetchone()[0]
-
-        # ---- tunekit's own bookkeeping
-        def note_task(self, mod, use: TaskUse) -> int:
-            """Record that ``mod`` is a task of (model, resolution, batch) on this target; returns its id."""
-            wid = self.workload_id(mod)
-            self.conn.execute("INSERT OR REPLACE INTO tasks VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                              (wid, use.model, use.resolution, use.batch, self.target_key, self.version,
-                               use.task_name, use.weight))
-            return wid
-
-        def trials(self, wid: int) -> int:
-            """Candidates measured for workload ``wid`` on this target and version (failed and pruned too)."""
-            args = (wid, self.target_key, self.version)
-            kept = self.conn.execute("SELECT COUNT(*) FROM records WHERE workload_id=? AND target=?"
-                                     " AND tvm_version=?", args).fetchone()[0]
-            pruned = self.conn.execute("SELECT COALESCE(SUM(n), 0) FROM pruned WHERE workload_id=? AND target=?"
-                                       " AND tvm_version=?", args).fetchone()[0]
-            return kept + pruned
-
-        def best_sec(self, wid: int) -> float | None:
-            return self.conn.execute("SELECT MIN(mean_sec) FROM records WHERE workload_id=? AND target=?"
-                                     " AND tvm_version=?", (wid, self.target_key, self.version)).fetchone()[0]
-
-        def best_records(self, wid: int, top_k: int) -> list[tuple[int, TuningRecord, float]]:
-            """The ``top_k`` fastest records of workload ``wid`` here: (record id, record, mean seconds)."""
-            workload = self.workload_by_id(wid)
-            rows = self.conn.execute(
-                "SELECT id, record_json, mean_sec FROM records WHERE workload_id=? AND target=? AND tvm_version=?"
-                " AND mean_sec IS NOT NULL ORDER BY mean_sec LIMIT ?",
-                (wid, self.target_key, self.version, top_k)).fetchall()
-            return [(rid, TuningRecord.from_json(json.loads(text), workload), sec) for rid, text, sec in rows]
-
-        def set_mean_sec(self, record_id: int, sec: float | None) -> None:
-            """A record's time after it was measured again (None: it failed to run again)."""
-            self.conn.execute("UPDATE records SET mean_sec=? WHERE id=?", (sec, record_id))
-
-        def note_failure(self, wid: int, stage: str, error: str) -> None:
-            self.conn.execute("INSERT INTO failures (workload_id, target, stage, error, created)"
-                              " VALUES (?, ?, ?, ?, ?)", (wid, self.target_key, stage, error[:4000], time.time()))
-
-        def foreign_records(self, wid: int) -> int:
-            """Records of workload ``wid`` made for another target or TVM version (never applied)."""
-            return self.conn.execute("SELECT COUNT(*) FROM records WHERE workload_id=? AND NOT"
-                                     " (target=? AND tvm_version=?)",
-                                     (wid, self.target_key, self.version)).fetchone()[0]
-
-    return SQLiteDatabase
-
-
-_CLASS = None
-
-
 def open_database(path: str | Path, target, source: str = "search"):
-    """A MetaSchedule ``Database`` over the SQLite file at ``path``, bound to ``target`` and this TVM."""
-    global _CLASS
-    if _CLASS is None:
-        _CLASS = _make_database_class()
-    return _CLASS(path, target, source)
+    """A MetaSchedule ``Database`` over the SQLite file at ``path``, bound to ``target`` and this TVM
+    (``tuning_database.TuningDatabase``; imported here, on first use, so that this module does not import tvm)."""
+    from tunekit.tuning_database import TuningDatabase
+
+    return TuningDatabase(path, target, source)
 
 
 def short_target(key: str) -> str:

@@ -23,3 +23,15 @@ class BuildError(TunekitError):
 
 class ReportError(TunekitError):
     """A file that is not a usable bench report."""
+
+
+class ArtifactError(TunekitError):
+    """An artifact that cannot be loaded or run here, or an input it cannot take."""
+
+
+class BenchError(TunekitError):
+    """A benchmark that cannot run as asked (unknown backend, missing artifacts, GPU target without GPU)."""
+
+
+class WorkerError(BenchError):
+    """A backend's worker process failed (the message is one line); the other backends go on."""

@@ -19,9 +19,9 @@ import numpy as np
 import onnx
 
 from tunekit import onnxutil
+from tunekit.common import MANIFEST, sample_input, sha256, write_json
 from tunekit.errors import ExportError
 from tunekit.keys import Key, model_name_for
-from tunekit.common import MANIFEST, sample_input, sha256, write_json
 
 OPSET = 17
 # Outputs must agree within ATOL + RTOL * max|reference| (float32 reassociation in
@@ -100,26 +100,13 @@ def export_zoo(name: str, sides: Iterable[int], out_dir: str | Path, batch: int 
     from tunekit.models import create_model
 
     model = create_model(name, weights)
-    out = Path(out_dir)
-    check_out_dir(out)
-    out.mkdir(parents=True, exist_ok=True)
-    results = []
-    for side in sides:
-        key = Key(name, side, side, batch)
-        graph = torch_to_onnx(model, key)
-        path = out / key.filename("onnx")
-        _save_checked(graph, path)
-        x = sample_input(key.input_shape)
+
+    def reference(x):
         with torch.no_grad():
-            want = model(torch.from_numpy(x)).numpy().astype(np.float64)
-        got = onnxutil.run(path, {"input": x})[0]
-        diff, tol = _compare(key, got, want)
-        result = ExportResult(key, path, diff, tol, onnxutil.graph_inputs(graph), onnxutil.graph_outputs(graph))
-        results.append(result)
-        _write_manifest(out, name, "zoo", results[-1:])
-        if on_done:
-            on_done(result)
-    return results
+            return model(torch.from_numpy(x)).numpy()
+
+    return _export(name, sides, batch, out_dir, "zoo", lambda key: torch_to_onnx(model, key), "input", reference,
+                   on_done)
 
 
 def export_onnx(source: str | Path, sides: Iterable[int], out_dir: str | Path, batch: int = 1,
@@ -135,23 +122,32 @@ def export_onnx(source: str | Path, sides: Iterable[int], out_dir: str | Path, b
     """
     original = onnxutil.load(source)
     info = onnxutil.image_input(original)
-    name = model_name_for(source)
+    return _export(model_name_for(source), sides, batch, out_dir, str(Path(source).resolve()),
+                   lambda key: onnxutil.specialise(original, batch, key.height, key.width), info.name,
+                   lambda x: onnxutil.run(original, {info.name: x})[0], on_done)
+
+
+def _export(name: str, sides: Iterable[int], batch: int, out_dir: str | Path, source: str,
+            graph_of: Callable[[Key], onnx.ModelProto], input_name: str, reference: Callable[[np.ndarray], np.ndarray],
+            on_done: Callable[[ExportResult], None] | None) -> list[ExportResult]:
+    """Write one checked static-shape ONNX file per side, each compared with ``reference`` on the seeded input,
+    and enter each into the directory's manifest as it is written."""
     out = Path(out_dir)
     check_out_dir(out)
     out.mkdir(parents=True, exist_ok=True)
     results = []
     for side in sides:
         key = Key(name, side, side, batch)
-        graph = onnxutil.specialise(original, batch, side, side)
+        graph = graph_of(key)
         path = out / key.filename("onnx")
         _save_checked(graph, path)
-        x = np.random.default_rng(0).standard_normal((batch, info.shape[1], side, side), dtype=np.float32)
-        want = onnxutil.run(original, {info.name: x})[0].astype(np.float64)
-        got = onnxutil.run(path, {info.name: x})[0]
+        x = sample_input(onnxutil.image_input(graph).shape)
+        want = np.asarray(reference(x), dtype=np.float64)
+        got = onnxutil.run(path, {input_name: x})[0]
         diff, tol = _compare(key, got, want)
         result = ExportResult(key, path, diff, tol, onnxutil.graph_inputs(graph), onnxutil.graph_outputs(graph))
         results.append(result)
-        _write_manifest(out, name, str(Path(source).resolve()), results[-1:])
+        _write_manifest(out, name, source, results[-1:])
         if on_done:
             on_done(result)
     return results

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import numpy_helper, shape_inference
+from onnx import shape_inference
 
 from tunekit.errors import OnnxModelError
 
@@ -152,7 +152,3 @@ def run(model: onnx.ModelProto | str | Path, inputs: dict[str, np.ndarray]) -> l
     options.log_severity_level = 3
     session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
     return session.run(None, inputs)
-
-
-def initializer_arrays(model: onnx.ModelProto) -> dict[str, np.ndarray]:
-    return {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}

@@ -88,6 +88,18 @@ def validate(report, name: str) -> dict:
     return report
 
 
+def load(path) -> dict:
+    """The bench report in the JSON file at ``path``, validated; ReportError (one line) if it is not one."""
+    import json
+    from pathlib import Path
+
+    try:
+        report = json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ReportError(f"{path}: not a `tunekit bench --output FILE.json` report (not JSON)") from None
+    return validate(report, path)
+
+
 def identity_mismatch(base: dict, new: dict) -> str | None:
     """The first field that makes two reports incomparable, as a sentence; None if they are comparable."""
     for field, get in (("model", lambda r: r["model"]), ("onnx_sha256", lambda r: r.get("onnx_sha256")),
@@ -137,6 +149,13 @@ def _resampled_medians(groups: list[list[np.ndarray]], rng, n: int) -> np.ndarra
     picks = rng.integers(0, count, size=(n, count))
     out = np.empty((len(groups), n))
     for gi, group in enumerate(groups):
+        sizes = {len(p) for p in group[:count]}
+        if len(sizes) == 1:  # the usual case, every process the same number of samples: vectorised
+            (m,) = sizes
+            data = np.stack(group[:count])  # (processes, samples)
+            inner = rng.integers(0, m, size=(n, count, m))
+            out[gi] = np.median(data[picks[:, :, None], inner].reshape(n, -1), axis=1)
+            continue
         for i in range(n):
             pooled = [proc[rng.integers(0, len(proc), len(proc))] for proc in (group[k] for k in picks[i])]
             out[gi, i] = np.median(np.concatenate(pooled))

@@ -17,13 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from tunekit.common import MANIFEST, sha256
-from tunekit.errors import TunekitError
+from tunekit.errors import ArtifactError
 
 MANIFEST_KIND = "tunekit-artifacts"
-
-
-class ArtifactError(TunekitError):
-    """An artifact that cannot be loaded or run here, or an input it cannot take."""
 
 
 def has_cuda() -> bool:
@@ -242,36 +238,124 @@ def resize_bilinear(image: np.ndarray, height: int, width: int) -> np.ndarray:
     return (top * (1 - fy) + bottom * fy).astype(image.dtype)
 
 
-class Bundle:
-    """All resolutions of one model: ``run(image)`` sends an image of any HxW to the nearest built one."""
+def resize_and_crop(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """``image`` (NCHW) scaled, keeping its aspect ratio, until it covers ``height`` x ``width`` (bilinear,
+    ``resize_bilinear``), then cropped to it around the centre: what torchvision's Resize + CenterCrop do."""
+    n, c, h, w = image.shape
+    if (h, w) == (height, width):
+        return image
+    scale = max(height / h, width / w)
+    sh, sw = max(height, round(h * scale)), max(width, round(w * scale))
+    scaled = resize_bilinear(image, sh, sw)
+    top, left = (sh - height) // 2, (sw - width) // 2
+    return np.ascontiguousarray(scaled[:, :, top:top + height, left:left + width])
 
-    def __init__(self, artifacts: list[Artifact]):
+
+def softmax_top1(logits: np.ndarray) -> float:
+    """The smallest top-1 softmax probability over the batch (the cascade's confidence)."""
+    z = logits.reshape(logits.shape[0], -1).astype(np.float64)
+    z = np.exp(z - z.max(axis=1, keepdims=True))
+    return float((z.max(axis=1) / z.sum(axis=1)).min())
+
+
+POLICIES = ("nearest", "budget", "cascade")
+
+
+class Bundle:
+    """All resolutions of one model, and a policy that picks which run for an image.
+
+    Policies (``load_bundle(directory, policy=...)``):
+
+    - ``"nearest"`` (default): the resolution nearest the image's own pixel count.
+    - ``"budget"``, with ``budget_ms``: the largest resolution whose latency, measured by
+      ``tunekit build`` on the artifact's threads and stored in the manifest (median), fits
+      the budget; the same for every image. ``ArtifactError`` when none fits.
+    - ``"cascade"``, with ``threshold``: run the smallest resolution; while the top-1 softmax
+      probability is below ``threshold`` and a larger resolution exists, run the next one.
+      Every step's time counts in the route's ``ms``.
+
+    Images of any size are fitted to the chosen resolution by ``resize_and_crop``: scaled
+    (bilinear, aspect ratio kept) until they cover it, then cropped around the centre.
+
+        bundle = tunekit.load_bundle("artifacts/r18", policy="budget", budget_ms=10)
+        logits, route = bundle.run(image, return_route=True)
+        route["resolutions"], route["ms"]   # [[168, 168]], 8.9
+    """
+
+    def __init__(self, artifacts: list[Artifact], policy: str = "nearest", budget_ms: float | None = None,
+                 threshold: float | None = None):
         self.artifacts = sorted(artifacts, key=lambda a: a.resolution[0] * a.resolution[1])
         self.model = artifacts[0].model
         self.resolutions = [a.resolution for a in self.artifacts]
+        self.channels = int(self.artifacts[0].input["shape"][1])
+        self.policy = policy
+        self.budget_ms, self.threshold = budget_ms, threshold
+        if policy not in POLICIES:
+            raise ArtifactError(f"unknown policy {policy!r}; choose one of {', '.join(POLICIES)}")
+        if (budget_ms is not None) != (policy == "budget"):
+            raise ArtifactError("budget_ms= goes with policy='budget', and policy='budget' needs it")
+        if (threshold is not None) != (policy == "cascade"):
+            raise ArtifactError("threshold= goes with policy='cascade', and policy='cascade' needs it")
+        if policy == "cascade" and not 0 < threshold <= 1:
+            raise ArtifactError(f"threshold must be a probability in (0, 1], got {threshold}")
+        self.fixed = self._within_budget(budget_ms) if policy == "budget" else None
+
+    def _within_budget(self, budget_ms: float) -> Artifact:
+        missing = [a.path.name for a in self.artifacts if not (a.entry.get("latency") or {}).get("median_ms")]
+        if missing:
+            raise ArtifactError(f"no measured latency in the manifest for {', '.join(missing)}; rebuild with "
+                                "this tunekit (tunekit build measures it)")
+        fits = [a for a in self.artifacts if a.entry["latency"]["median_ms"] <= budget_ms]
+        if not fits:
+            fastest = min(self.artifacts, key=lambda a: a.entry["latency"]["median_ms"])
+            h, w = fastest.resolution
+            raise ArtifactError(f"no resolution fits {budget_ms:g} ms: the fastest, {h}x{w}, takes "
+                                f"{fastest.entry['latency']['median_ms']:.2f} ms")
+        return max(fits, key=lambda a: a.resolution[0] * a.resolution[1])
 
     def __repr__(self) -> str:
         sides = ", ".join(f"{h}x{w}" for h, w in self.resolutions)
-        return f"Bundle({self.model}: {sides})"
+        return f"Bundle({self.model}: {sides}; policy {self.policy})"
 
     def route(self, height: int, width: int) -> Artifact:
-        """The artifact whose resolution is nearest in pixel count (log scale); ties go to the larger."""
+        """The first artifact the policy runs for an image of ``height`` x ``width``."""
         import math
 
+        if self.fixed is not None:
+            return self.fixed
+        if self.policy == "cascade":
+            return self.artifacts[0]
         return min(reversed(self.artifacts),
                    key=lambda a: abs(math.log(height * width / (a.resolution[0] * a.resolution[1]))))
 
-    def run(self, image: np.ndarray) -> np.ndarray:
+    def run(self, image: np.ndarray, return_route: bool = False):
+        """The backbone's output for ``image`` (NCHW float32, any H x W); with ``return_route``,
+        ``(output, {"resolutions": [[h, w], ...] that ran, in order, "ms": wall time of the call})``."""
+        import time
+
+        t0 = time.perf_counter()
         if not isinstance(image, np.ndarray) or image.ndim != 4:
             raise ArtifactError("bundle input must be a 4-D NCHW numpy array")
+        if image.shape[1] != self.channels:
+            raise ArtifactError(f"{self.model} takes {self.channels}-channel images, got {image.shape[1]} channels")
         artifact = self.route(image.shape[2], image.shape[3])
-        h, w = artifact.resolution
-        return artifact.run(resize_bilinear(image, h, w))
+        ran = []
+        while True:
+            h, w = artifact.resolution
+            out = artifact.run(resize_and_crop(image, h, w))
+            ran.append([h, w])
+            if self.policy != "cascade" or softmax_top1(out) >= self.threshold or artifact is self.artifacts[-1]:
+                break
+            artifact = self.artifacts[self.artifacts.index(artifact) + 1]
+        if not return_route:
+            return out
+        return out, {"resolutions": ran, "ms": (time.perf_counter() - t0) * 1e3}
 
 
-def load_bundle(directory: str | Path, model: str | None = None, threads: int | None = None) -> Bundle:
+def load_bundle(directory: str | Path, model: str | None = None, threads: int | None = None,
+                policy: str = "nearest", budget_ms: float | None = None, threshold: float | None = None) -> Bundle:
     """Load every artifact of ``model`` (required when the directory holds several models) in ``directory``,
-    each on ``threads`` CPU threads (default: as ``load``)."""
+    each on ``threads`` CPU threads (default: as ``load``), routed by ``policy`` (see ``Bundle``)."""
     entries = read_manifest(directory)["artifacts"]
     models = sorted({e["model"] for e in entries})
     if model is None:
@@ -281,4 +365,4 @@ def load_bundle(directory: str | Path, model: str | None = None, threads: int | 
     chosen = [e for e in entries if e["model"] == model]
     if not chosen:
         raise ArtifactError(f"{directory} has no artifacts of {model!r} (it has {', '.join(models)})")
-    return Bundle([load(directory, e["file"], threads) for e in chosen])
+    return Bundle([load(directory, e["file"], threads) for e in chosen], policy, budget_ms, threshold)

@@ -14,7 +14,7 @@ the extents. So a donor's trace is adapted by:
    donor's tile (so register and cache tiles stay as the donor had them);
 3. replaying, post-processing and checking it like any other candidate.
 
-Donors are found by name in the ``tasks`` table: records of the task with the
+Donors are found by name in the ``tasks`` table (``TuningDatabase.donors``): records of the task with the
 same name, model and batch at other resolutions, nearest resolution first.
 """
 
@@ -23,34 +23,16 @@ from __future__ import annotations
 import json
 import logging
 import math
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tunekit.tuning_database import Donor
 
 log = logging.getLogger("tunekit.transfer")
 
 
 class TransferSkipped(Exception):
     """A donor trace that cannot be adapted to the new shapes; the message says why."""
-
-
-@dataclass
-class Donor:
-    workload_id: int
-    resolution: int
-    mean_sec: float
-    record_json: str
-
-
-def donors(db, model: str, batch: int, task_name: str, resolution: int, exclude_wid: int | None,
-           limit: int = 2) -> list[Donor]:
-    """The best measured record of ``task_name`` at each other resolution, nearest first."""
-    rows = db.conn.execute(
-        "SELECT t.workload_id, t.resolution, MIN(r.mean_sec), r.record_json FROM tasks t"
-        " JOIN records r ON r.workload_id = t.workload_id AND r.target = t.target AND r.tvm_version = t.tvm_version"
-        " WHERE t.model=? AND t.batch=? AND t.task_name=? AND t.target=? AND t.tvm_version=?"
-        " AND t.resolution != ? AND r.mean_sec IS NOT NULL AND t.workload_id IS NOT ?"
-        " GROUP BY t.workload_id ORDER BY ABS(t.resolution - ?), t.resolution DESC LIMIT ?",
-        (model, batch, task_name, db.target_key, db.version, resolution, exclude_wid, resolution, limit)).fetchall()
-    return [Donor(wid, res, secs, text) for wid, res, secs, text in rows]
 
 
 def _shape_of(trace) -> str:
@@ -124,7 +106,7 @@ def candidates(db, mod, target, model: str, batch: int, task_name: str, resoluti
                exclude_wid: int | None, limit: int = 2) -> tuple[list[tuple[Donor, object]], list[str]]:
     """Adapted schedules from the nearest tuned resolutions: ([(donor, schedule)], [skip reasons])."""
     out, skipped = [], []
-    for donor in donors(db, model, batch, task_name, resolution, exclude_wid, limit):
+    for donor in db.donors(model, batch, task_name, resolution, exclude_wid, limit):
         try:
             out.append((donor, adapt(donor_trace(db, donor), mod, target, task_name)))
         except TransferSkipped as exc:

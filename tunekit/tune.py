@@ -133,7 +133,7 @@ def plan(db, target, keys: list[Key], graph_of: Callable[[Key], object], trials:
         ``trials`` too small to give every searchable task at least one trial.
     """
     from tunekit import frontend
-    from tunekit.database import TaskUse
+    from tunekit.tuning_database import TaskUse
 
     by_wid: dict[int, PlannedTask] = {}
     per_resolution, weight_only = {}, {}
