@@ -40,7 +40,7 @@ CORES     = $(shell $(BIN)/python -c "import psutil; print(psutil.cpu_count(logi
 REF_CLASS = $(MCPU)-$(CORES)c
 REF_DIR   = tuning_logs/reference/$(REF_CLASS)
 REF_DB    = $(if $(wildcard $(REF_DIR)),tuning_logs/reference-$(REF_CLASS).db,tuning_logs/tunekit.db)
-BENCH_OUT ?= benchmarks/resnet18-host
+BENCH_OUT ?= benchmarks/resnet18-$(REF_CLASS)
 reference-db: install
 	@if [ -d $(REF_DIR) ]; then \
 		echo "reference records for $(REF_CLASS): $(REF_DIR) -> $(REF_DB)"; \

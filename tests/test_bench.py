@@ -7,7 +7,8 @@ import re
 import numpy as np
 import pytest
 
-from tunekit import bench, regression
+from tunekit import benching as bench
+from tunekit import regression
 
 BACKEND_FIELDS = {"median_ms", "p10_ms", "p90_ms", "gflops_per_s", "images_per_s"}
 
@@ -257,3 +258,27 @@ def test_isolation_check_reports_race_against_solo(cli, tmp_path):
         assert solo["median_ms"] > 0 and solo["tolerance"] >= 0.05
         assert solo["deviation"] == pytest.approx(data["rows"][0][b]["median_ms"] / solo["median_ms"] - 1)
         assert solo["agrees"] == (abs(solo["deviation"]) <= solo["tolerance"])
+
+
+def test_plan_gives_the_highest_resolution_within_a_budget(report, cli, tmp_path):
+    _, data, _ = report
+    path = _write(tmp_path / "r.json", data)
+    everything = max(r[b]["median_ms"] for r in data["rows"] for b in bench.BACKENDS) * 2
+    result = cli("plan", "--report", path, "--budget-ms", everything)
+    assert result.exit_code == 0, result.output
+    assert result.output.count("48x48") == len(bench.BACKENDS)
+    assert "tuned fits 48 where oneDNN fits 48: the paper's headline does not hold" in result.output
+    # tuned fast enough for 48, oneDNN only for 32: the headline holds
+    planted = copy.deepcopy(data)
+    budget = planted["rows"][0]["onednn"]["median_ms"] * 1.01
+    planted["rows"][1]["onednn"]["median_ms"] = budget * 2
+    planted["rows"][1]["tuned"]["median_ms"] = planted["rows"][0]["tuned"]["median_ms"] = budget / 2
+    planted["rows"][0]["onednn"]["median_ms"] = budget / 1.01
+    result = cli("plan", "--report", _write(tmp_path / "p.json", planted), "--budget-ms", budget)
+    assert "tuned fits 48 where oneDNN fits 32: the paper's headline holds" in result.output, result.output
+    nothing = cli("plan", "--report", path, "--budget-ms", 1e-6)
+    assert nothing.exit_code == 0 and "none (fastest" in nothing.output
+    assert cli("plan", "--report", path, "--budget-ms", 0).exit_code == 2
+    bad = _write(tmp_path / "bad.json", {"rows": 5})
+    result = cli("plan", "--report", bad, "--budget-ms", 5)
+    assert result.exit_code == 2 and "not a usable bench report" in result.output

@@ -114,7 +114,7 @@ def test_zero_search_build_uses_adapted_schedules(tuned48, cli, tmp_path):
 def test_a_trace_that_cannot_be_adapted_is_skipped_with_a_reason(tuned48, tmp_path):
     db = database.open_database(_copy(tuned48, tmp_path / "s.db"), HOST)
     tasks48, tasks32 = _tasks(48), _tasks(32)
-    (mean,) = transfer.donors(db, "tinyconv", 1, "mean1", 32, None, limit=1)
+    (mean,) = db.donors("tinyconv", 1, "mean1", 32, None, limit=1)
     with pytest.raises(transfer.TransferSkipped, match="design space"):
         transfer.adapt(transfer.donor_trace(db, mean), tasks32["fused_conv2d_add_relu1"].mod, HOST)
     # through candidates(): a reason, never an exception

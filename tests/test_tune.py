@@ -208,7 +208,7 @@ def test_dry_run_plans_without_tuning(cli, tmp_path):
 
 
 def test_search_population_follows_budget():
-    from tunekit.tune import search_strategy
+    from tunekit.tuning import search_strategy
 
     assert search_strategy(1).population_size == 64
     assert search_strategy(16).population_size == 128

@@ -88,7 +88,7 @@ class Job:
 
     def reference(self):
         """``key -> (image -> output)``: what built libraries are verified against."""
-        from tunekit.build import reference_for
+        from tunekit.building import reference_for
 
         return reference_for(self.model, self.onnx, self.weights)
 
@@ -106,7 +106,7 @@ def plan(job: Job, trials: int | None = None, trials_per_task: int | None = None
          anchors: list[int] | None = None, rpc: tuple[str, int, str] | None = None):
     """What ``tune`` would do: the tasks, their budgets, what the database already holds (a ``tune.Plan``).
     Checks first that there is somewhere to measure (the ``rpc`` tracker, or a GPU for GPU targets)."""
-    from tunekit import tune as tuning
+    from tunekit import tuning
 
     if rpc:
         from tunekit.rpc import check_tracker
@@ -142,7 +142,7 @@ def tune(job: Job, trials: int | None = None, trials_per_task: int | None = None
     receives a ``tune.Progress`` after every batch. Returns a ``tune.TuneResult``
     (``interrupted`` is True after Ctrl-C; every measured trial is kept).
     """
-    from tunekit import tune as tuning
+    from tunekit import tuning
 
     the_plan = the_plan or plan(job, trials, trials_per_task, transfer, anchors, rpc)
     log_path = job.db_path.with_suffix(".log")
@@ -158,7 +158,7 @@ def build(job: Job, out: str | Path | None = None, transfer: bool = True,
     Schedules come from the job's database (default schedules where it has none).
     ``out`` defaults to artifacts/<model>-<target>.
     """
-    from tunekit import build as building
+    from tunekit import building
     from tunekit.export import check_out_dir
     from tunekit.runtime import MANIFEST_KIND
 
@@ -180,8 +180,8 @@ def bench(job: Job, backends: list[str] | None = None, artifacts: str | Path | N
     now from the job's database; ``untuned`` is built with no records. What bench
     builds goes to a scratch directory, removed unless ``keep_artifacts``.
     """
-    from tunekit import bench as benching
-    from tunekit import build as building
+    from tunekit import benching
+    from tunekit import building
     from tunekit import runtime
     from tunekit.peak import measured_peak
     from tunekit.regression import SCHEMA_VERSION

@@ -262,7 +262,7 @@ class _Reporter:
             else:
                 click.echo(line)
         best = f"best {p.best_ms * 1e3:.2f} us" if p.best_ms is not None else "best -"
-        from tunekit.tune import NOISY
+        from tunekit.tuning import NOISY
 
         text = (f"task {p.task_index + 1}/{p.task_count} {p.task.name} @{resolutions}  {best}"
                 + (f"  {p.failed} failed" if p.failed else "")
@@ -469,7 +469,7 @@ def bench(model, onnx_file, res, target, artifacts, db_path, threads, batch, bac
     from pathlib import Path
 
     from tunekit import api
-    from tunekit import bench as benching
+    from tunekit import benching
 
     chosen = benching.parse_backends(backends)
     for out in outputs:
@@ -523,9 +523,9 @@ def compare(base, new, max_regression, relative_to, backends):
     \b
     Examples:
       tunekit compare base.json new.json --relative-to onnxruntime --max-regression 10%
-      tunekit compare benchmarks/resnet18-host.json new.json --max-regression 5% --backends tuned,untuned
+      tunekit compare benchmarks/ci/baseline-rocketlake-2c.json new.json --max-regression 7% --backends tuned
     """
-    from tunekit import bench as benching
+    from tunekit import benching
     from tunekit import regression
 
     try:
@@ -551,6 +551,38 @@ def compare(base, new, max_regression, relative_to, backends):
     if any(c.regressed for c in changes):
         click.echo(f"regression: slower by more than {threshold:.1%}, beyond the measured noise", err=True)
         sys.exit(1)
+
+
+@main.command("plan")
+@click.option("--report", "report_path", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="A `tunekit bench --output X.json` report.")
+@click.option("--budget-ms", required=True, type=click.FloatRange(min=0, min_open=True),
+              help="Latency budget per image, in ms.")
+def plan_budget(report_path, budget_ms):
+    """The highest resolution each backend runs within a latency budget, from a bench report.
+
+    Reads the medians measured side by side in one bench run, so the backends are
+    compared on the same machine at the same time.
+
+    \b
+    Example:
+      tunekit plan --report benchmarks/resnet18-rocketlake-2c.json --budget-ms 20
+    """
+    from tunekit import benching, regression
+
+    report = regression.load(report_path)
+    fits = benching.fits_budget(report, budget_ms)
+    fastest = {b: min(r[b]["median_ms"] for r in report["rows"] if b in r) for b in fits}
+    _table(f"{report['model']} within {budget_ms:g} ms ({report['machine']['mcpu']}, {report['threads']} threads)",
+           ["backend", "highest resolution that fits", "its median ms"],
+           [[b, f"{s}x{s}" if s else f"none (fastest {fastest[b]:.2f} ms)",
+             f"{next(r[b]['median_ms'] for r in report['rows'] if r['resolution'] == s):.2f}" if s else "-"]
+            for b, s in fits.items()])
+    if fits.get("tuned") and "onednn" in fits:
+        tuned, onednn = fits["tuned"], fits["onednn"] or 0
+        verdict = "holds" if tuned > onednn else "does not hold"
+        click.echo(f"tuned fits {tuned} where oneDNN fits {onednn or 'nothing'}: the paper's headline {verdict} "
+                   "on this host at this budget")
 
 
 def _print_summary(path, model, sides, batch, target_label):
