@@ -282,3 +282,33 @@ def test_plan_gives_the_highest_resolution_within_a_budget(report, cli, tmp_path
     bad = _write(tmp_path / "bad.json", {"rows": 5})
     result = cli("plan", "--report", bad, "--budget-ms", 5)
     assert result.exit_code == 2 and "not a usable bench report" in result.output
+
+
+def test_ci_recipe_passes_an_unchanged_build_and_fails_a_worse_one(cli, tmp_path):
+    """make bench-ci's two steps (bench tuned beside ONNX Runtime, then compare relative to it) on tinyconv.
+    The worse build is the same model compiled for plain x86-64 (SSE2: 4-lane vectors instead of AVX's 8
+    or 16), a deliberately worse schedule for this CPU measured with the same threads."""
+    threads = "1"
+    sse2 = tmp_path / "sse2.json"
+    sse2.write_text(json.dumps({"name": "sse2", "description": "x86-64 baseline ISA only",
+                                "tvm": {"kind": "llvm", "mcpu": "x86-64", "num-cores": 1}, "cores": 1,
+                                "threads": 1}))
+    builds = {"good": "host", "worse": str(sse2)}
+    for name, target in builds.items():
+        result = cli("build", "--model", "tinyconv", "--res", "64", "--target", target, "--out", tmp_path / name,
+                     "--db", tmp_path / "none.db")
+        assert result.exit_code == 0, result.output
+
+    def bench_ci(name, out):
+        result = cli("bench", "--model", "tinyconv", "--res", "64", "--target", builds[name], "--artifacts",
+                     tmp_path / name, "--backends", "tuned,onnxruntime", "--threads", threads, "--repeats", "5",
+                     "--format", "json", "--output", tmp_path / out)
+        assert result.exit_code == 0, result.output
+        return tmp_path / out
+
+    base, again, worse = bench_ci("good", "base.json"), bench_ci("good", "again.json"), bench_ci("worse", "worse.json")
+    gate = ("--relative-to", "onnxruntime", "--max-regression", "25%")
+    unchanged = cli("compare", base, again, *gate)
+    assert unchanged.exit_code == 0, unchanged.output
+    regressed = cli("compare", base, worse, *gate)
+    assert regressed.exit_code == 1 and "REGRESSION" in regressed.output, regressed.output
