@@ -104,7 +104,7 @@ class Job:
 
 def plan(job: Job, trials: int | None = None, trials_per_task: int | None = None, transfer: bool = True,
          anchors: list[int] | None = None, rpc: tuple[str, int, str] | None = None):
-    """What ``tune`` would do: the tasks, their budgets, what the database already holds (a ``tune.Plan``).
+    """What ``tune`` would do: the tasks, their budgets, what the database already holds (a ``tuning.Plan``).
     Checks first that there is somewhere to measure (the ``rpc`` tracker, or a GPU for GPU targets)."""
     from tunekit import tuning
 
@@ -139,7 +139,7 @@ def tune(job: Job, trials: int | None = None, trials_per_task: int | None = None
 
     ``rpc`` is (tracker host, port, device key) to measure remotely; ``the_plan`` a ``plan`` made
     with the same arguments (made here when None). ``on_progress``
-    receives a ``tune.Progress`` after every batch. Returns a ``tune.TuneResult``
+    receives a ``tuning.Progress`` after every batch. Returns a ``tuning.TuneResult``
     (``interrupted`` is True after Ctrl-C; every measured trial is kept).
     """
     from tunekit import tuning
@@ -153,7 +153,7 @@ def tune(job: Job, trials: int | None = None, trials_per_task: int | None = None
 
 def build(job: Job, out: str | Path | None = None, transfer: bool = True,
           on_done: Callable | None = None) -> list:
-    """Build, verify and enter into ``out/manifest.json`` one library per resolution (``build.Built`` each).
+    """Build, verify and enter into ``out/manifest.json`` one library per resolution (a ``building.Built`` each).
 
     Schedules come from the job's database (default schedules where it has none).
     ``out`` defaults to artifacts/<model>-<target>.

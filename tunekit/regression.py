@@ -8,7 +8,7 @@ Three questions, in order:
    must agree (``identity_mismatch``), or the comparison is refused; differing
    library versions or LLVM CPU names are warned about (``identity_warnings``).
 3. **Is the difference beyond the noise?** The unit of independent measurement
-   is the worker process (bench's docstring: a process's speed is decided when it
+   is the worker process (benching's docstring: a process's speed is decided when it
    starts, e.g. TVM's runs are bimodal across processes), so the confidence
    interval comes from a hierarchical bootstrap: resample the processes, then the
    samples within each, and take the ratio of medians. scipy's ``bootstrap``
