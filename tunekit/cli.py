@@ -585,6 +585,49 @@ def plan_budget(report_path, budget_ms):
                    "on this host at this budget")
 
 
+@main.command("evaluate")
+@click.option("--bundle", "bundle_dir", required=True, type=click.Path(exists=True, file_okay=False),
+              help="A `tunekit build --out` directory.")
+@click.option("--data", required=True, type=click.Path(file_okay=False),
+              help="A folder with one subfolder of PNG/JPEG images per class (classes in sorted name order).")
+@click.option("--policy", "policies", multiple=True, help="nearest, budget:MS or cascade:T (repeatable).")
+@click.option("--model", help="The bundle's model, when the directory holds several.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "md"]), default="table", show_default=True)
+@click.option("--output", type=click.Path(dir_okay=False), help="Also write the report: X.json or X.md.")
+def evaluate_cmd(bundle_dir, data, policies, model, fmt, output):
+    """Accuracy and latency of a bundle on labelled images: per resolution, per policy, and the oracle.
+
+    The oracle runs each image at the smallest resolution where it is right: the
+    ceiling any routing policy can reach. Latencies are wall times of bundle.run
+    (resize and crop included), one image at a time.
+
+    \b
+    Example:
+      tunekit evaluate --bundle artifacts/r18 --data val/ --policy budget:10 --policy cascade:0.8
+    """
+    from pathlib import Path
+
+    from tunekit import evaluate as evaluating
+
+    parsed = [evaluating.Policy.parse(p) for p in policies]
+    if output and Path(output).suffix not in (".json", ".md"):
+        raise UserError(f"--output {output}: name a .json or .md file")
+    _, items = evaluating.read_folder(data)
+    with click.progressbar(length=len(items), label="images", file=sys.stderr) as bar:
+        report = evaluating.evaluate(bundle_dir, data, parsed, model, on_image=lambda: bar.update(1))
+    header = ["resolution / policy", "top-1", "mean ms", "p90 ms", "ran at"]
+    md = "\n".join([f"# {report['model']} on {data}", "", "| " + " | ".join(header) + " |",
+                    "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in evaluating.rows(report)])
+    text = {"json": json.dumps(report, indent=2), "md": md}
+    if output:
+        Path(output).write_text(text[Path(output).suffix[1:]] + "\n")
+    if fmt == "table":
+        _table(f"{report['model']}: {len(items)} images, {len(report['classes'])} classes", header,
+               evaluating.rows(report))
+    else:
+        click.echo(text[fmt])
+
+
 def _print_summary(path, model, sides, batch, target_label):
     from tunekit import database
 

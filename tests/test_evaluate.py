@@ -1,0 +1,68 @@
+"""tunekit evaluate on a synthetic labelled folder and a real tinyconv bundle."""
+
+import json
+
+import numpy as np
+import pytest
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from tunekit.cli import main
+
+    root = tmp_path_factory.mktemp("evaluate")
+    result = CliRunner().invoke(main, ["build", "--model", "tinyconv", "--res", "32,48", "--out", str(root / "art"),
+                                       "--db", str(root / "none.db")], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    rng = np.random.default_rng(0)
+    for name in ("cat", "dog"):
+        (root / "data" / name).mkdir(parents=True)
+        for i, size in enumerate(((40, 40), (36, 52), (64, 48))):
+            pixels = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / "data" / name / f"{i}.png")
+    (root / "data" / "dog" / "notes.txt").write_text("not an image, skipped")
+    return root
+
+
+def test_evaluate_reports_resolutions_policies_and_the_oracle(world, cli):
+    out = world / "eval.json"
+    result = cli("evaluate", "--bundle", world / "art", "--data", world / "data", "--policy", "nearest",
+                 "--policy", "cascade:0.99", "--policy", "budget:1000", "--output", out)
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert report["classes"] == ["cat", "dog"]
+    assert [r["resolution"] for r in report["resolutions"]] == [[32, 32], [48, 48]]
+    assert [p["policy"] for p in report["policies"]] == ["nearest", "cascade:0.99", "budget:1000"]
+    for entry in report["resolutions"] + report["policies"] + [report["oracle"]]:
+        assert entry["images"] == 6 and 0 <= entry["accuracy"] <= 1 and 0 < entry["mean_ms"] <= entry["p90_ms"]
+    # cascade at 0.99 on a near-uniform 10-class net runs every image at both resolutions
+    assert report["policies"][1]["runs_at"] == {"32x32": 6, "48x48": 6}
+    assert report["policies"][2]["runs_at"] == {"48x48": 6}  # the largest fits 1000 ms
+    assert sum(report["policies"][0]["runs_at"].values()) == 6
+    # the oracle is right wherever any resolution is
+    assert report["oracle"]["accuracy"] >= max(r["accuracy"] for r in report["resolutions"])
+    assert "oracle" in result.output and "top-1" in result.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--policy", "budget"], "expected nearest, budget:MS"),
+    (["--policy", "cascade:2"], "expected nearest, budget:MS"),
+    (["--policy", "budget:0.0001"], "no resolution fits 0.0001 ms"),
+    (["--output", "x.txt"], "name a .json or .md file"),
+])
+def test_evaluate_bad_input_is_one_line(world, cli, args, message):
+    result = cli("evaluate", "--bundle", world / "art", "--data", world / "data", *args)
+    assert result.exit_code == 2 and message in result.output, result.output
+
+
+def test_evaluate_refuses_folders_without_classes_or_images(world, cli, tmp_path):
+    (tmp_path / "flat").mkdir()
+    (tmp_path / "flat" / "a.png").write_bytes(b"")
+    result = cli("evaluate", "--bundle", world / "art", "--data", tmp_path / "flat")
+    assert result.exit_code == 2 and "no class subfolders" in result.output
+    (tmp_path / "empty" / "cat").mkdir(parents=True)
+    result = cli("evaluate", "--bundle", world / "art", "--data", tmp_path / "empty")
+    assert result.exit_code == 2 and "no PNG or JPEG images" in result.output

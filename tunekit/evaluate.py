@@ -1,0 +1,139 @@
+"""Accuracy against latency for a bundle on a labelled image folder: per resolution, per routing policy,
+and the oracle (the smallest resolution at which each image is right: the ceiling any policy can reach).
+
+The folder holds one subfolder per class; classes are numbered in sorted name order, which must be
+the order of the model's outputs. Images (PNG, JPEG) are read with Pillow as RGB, scaled to [0, 1]
+and normalised with ImageNet's mean and standard deviation (the zoo's torchvision convention), at
+their own size; the bundle resizes and crops them (``runtime.resize_and_crop``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from tunekit.errors import SpecError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32).reshape(1, 3, 1, 1)
+STD = np.array([0.229, 0.224, 0.225], dtype=np.float32).reshape(1, 3, 1, 1)
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A routing policy as ``--policy`` gives it: ``nearest``, ``budget:MS`` or ``cascade:T``."""
+
+    name: str
+    value: float | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> "Policy":
+        name, _, arg = text.partition(":")
+        try:
+            if name == "nearest" and not arg:
+                return cls("nearest")
+            if name == "budget" and float(arg) > 0:
+                return cls("budget", float(arg))
+            if name == "cascade" and 0 < float(arg) <= 1:
+                return cls("cascade", float(arg))
+        except ValueError:
+            pass
+        raise SpecError(f"--policy {text!r}: expected nearest, budget:MS (MS > 0) or cascade:T (0 < T <= 1)")
+
+    def __str__(self) -> str:
+        return self.name if self.value is None else f"{self.name}:{self.value:g}"
+
+    def kwargs(self) -> dict:
+        return {"policy": self.name, **({"budget_ms": self.value} if self.name == "budget" else {}),
+                **({"threshold": self.value} if self.name == "cascade" else {})}
+
+
+def read_folder(folder: str | Path) -> tuple[list[str], list[tuple[Path, int]]]:
+    """(class names in label order, [(image path, label)]); SpecError for a folder that has none."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise SpecError(f"--data {folder}: not a directory")
+    classes = sorted(p.name for p in folder.iterdir() if p.is_dir())
+    if not classes:
+        raise SpecError(f"--data {folder}: no class subfolders (expected one folder of images per class)")
+    items = [(p, label) for label, name in enumerate(classes) for p in sorted((folder / name).iterdir())
+             if p.suffix.lower() in IMAGE_SUFFIXES]
+    if not items:
+        raise SpecError(f"--data {folder}: no PNG or JPEG images in its class subfolders")
+    return classes, items
+
+
+def load_image(path: Path) -> np.ndarray:
+    """A 1x3xHxW float32 array, normalised; SpecError for an unreadable file."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            rgb = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+    except (UnidentifiedImageError, OSError) as exc:
+        raise SpecError(f"{path}: not a readable image ({exc.__class__.__name__})") from None
+    return np.ascontiguousarray((rgb.transpose(2, 0, 1)[None] - MEAN) / STD)
+
+
+def _summary(correct: list[bool], ms: list[float]) -> dict:
+    return {"accuracy": float(np.mean(correct)), "mean_ms": float(np.mean(ms)),
+            "p90_ms": float(np.percentile(ms, 90)), "images": len(correct)}
+
+
+def evaluate(directory: str | Path, data: str | Path, policies: list[Policy], model: str | None = None,
+             on_image: Callable[[], None] | None = None) -> dict:
+    """Run every image at every resolution of the bundle and under every policy; the report as a dict with
+    ``"resolutions"``, ``"policies"`` and ``"oracle"``. ``on_image`` is called after each image."""
+    from tunekit.runtime import load_bundle
+
+    classes, items = read_folder(data)
+    bundle = load_bundle(directory, model)
+    routed = [load_bundle(directory, model, **p.kwargs()) for p in policies]  # refuses a budget none fits
+    for b in (bundle, *routed):  # first calls (allocation, page faults) are not timed
+        for artifact in b.artifacts:
+            artifact.run(np.zeros(artifact.input["shape"], dtype=np.float32))
+    per_res = {tuple(r): ([], []) for r in bundle.resolutions}
+    per_policy = [([], [], {}) for _ in policies]
+    oracle_right, oracle_ms = [], []
+    for path, label in items:
+        image = load_image(path)
+        right_at = []
+        for artifact in bundle.artifacts:
+            h, w = artifact.resolution
+            one = type(bundle)([artifact])
+            out, route = one.run(image, return_route=True)
+            right = int(np.argmax(out)) == label
+            per_res[(h, w)][0].append(right)
+            per_res[(h, w)][1].append(route["ms"])
+            right_at.append((right, route["ms"]))
+        first = next((i for i, (right, _) in enumerate(right_at) if right), None)
+        oracle_right.append(first is not None)
+        oracle_ms.append(right_at[first if first is not None else -1][1])
+        for p, b in enumerate(routed):
+            out, route = b.run(image, return_route=True)
+            correct, ms, counts = per_policy[p]
+            correct.append(int(np.argmax(out)) == label)
+            ms.append(route["ms"])
+            for h, w in route["resolutions"]:
+                counts[f"{h}x{w}"] = counts.get(f"{h}x{w}", 0) + 1
+        if on_image:
+            on_image()
+    return {"bundle": str(directory), "model": bundle.model, "data": str(data), "classes": classes,
+            "resolutions": [{"resolution": [h, w], **_summary(*per_res[(h, w)])} for h, w in bundle.resolutions],
+            "policies": [{"policy": str(p), **_summary(c, m), "runs_at": counts}
+                         for p, (c, m, counts) in zip(policies, per_policy)],
+            "oracle": {**_summary(oracle_right, oracle_ms),
+                       "note": "the smallest resolution at which each image is right (the largest if none is)"}}
+
+
+def rows(report: dict) -> list[list[str]]:
+    """Table rows: what, accuracy, mean ms, p90 ms, where the images ran."""
+    out = [[f"{r['resolution'][0]}x{r['resolution'][1]}", f"{r['accuracy']:.1%}", f"{r['mean_ms']:.2f}",
+            f"{r['p90_ms']:.2f}", "all"] for r in report["resolutions"]]
+    out += [[p["policy"], f"{p['accuracy']:.1%}", f"{p['mean_ms']:.2f}", f"{p['p90_ms']:.2f}",
+             ", ".join(f"{k}: {v}" for k, v in p["runs_at"].items())] for p in report["policies"]]
+    o = report["oracle"]
+    return out + [["oracle", f"{o['accuracy']:.1%}", f"{o['mean_ms']:.2f}", f"{o['p90_ms']:.2f}", "-"]]
