@@ -66,3 +66,46 @@ def test_evaluate_refuses_folders_without_classes_or_images(world, cli, tmp_path
     (tmp_path / "empty" / "cat").mkdir(parents=True)
     result = cli("evaluate", "--bundle", world / "art", "--data", tmp_path / "empty")
     assert result.exit_code == 2 and "no PNG or JPEG images" in result.output
+
+
+def _scale_onnx(path, outputs):
+    """A scale model whose choice is known by construction: the scores are +mean, -mean, +mean, ... of the
+    image (a bright image picks the smallest resolution, a dark one the next)."""
+    import torch
+
+    class Scale(torch.nn.Module):
+        def forward(self, x):
+            m = x.mean(dim=(1, 2, 3), keepdim=False).unsqueeze(1)
+            return torch.cat([m * (1 if i % 2 == 0 else -1) for i in range(outputs)], dim=1)
+
+    torch.onnx.export(Scale(), torch.zeros(1, 3, 16, 16), str(path), input_names=["input"],
+                      output_names=["scores"], dynamo=False)
+    return path
+
+
+def test_scale_policy_runs_the_resolution_the_scale_model_picks(world, tmp_path):
+    import tunekit
+    from tunekit.errors import ArtifactError
+
+    scale = tunekit.ScaleModel(_scale_onnx(tmp_path / "scale.onnx", 2))
+    assert scale.input_shape == (1, 3, 16, 16) and scale.outputs == 2
+    bundle = tunekit.load_bundle(world / "art", policy="scale", scale_model=scale)
+    bright, dark = np.full((1, 3, 40, 50), 1.0, np.float32), np.full((1, 3, 40, 50), -1.0, np.float32)
+    assert bundle.run(bright, return_route=True)[1]["resolutions"] == [[32, 32]]
+    assert bundle.run(dark, return_route=True)[1]["resolutions"] == [[48, 48]]
+    by_path = tunekit.load_bundle(world / "art", policy="scale", scale_model=tmp_path / "scale.onnx")
+    assert by_path.run(dark, return_route=True)[1]["resolutions"] == [[48, 48]]
+    with pytest.raises(ArtifactError, match="the scale model gives 3 scores; the bundle has 2 resolutions"):
+        tunekit.load_bundle(world / "art", policy="scale", scale_model=_scale_onnx(tmp_path / "s3.onnx", 3))
+    with pytest.raises(ArtifactError, match="policy='scale' needs it"):
+        tunekit.load_bundle(world / "art", policy="scale")
+
+
+def test_evaluate_takes_a_scale_policy(world, cli, tmp_path):
+    out = tmp_path / "e.json"
+    path = _scale_onnx(tmp_path / "scale.onnx", 2)
+    result = cli("evaluate", "--bundle", world / "art", "--data", world / "data", "--policy", f"scale:{path}",
+                 "--format", "json", "--output", out)
+    assert result.exit_code == 0, result.output
+    (policy,) = json.loads(out.read_text())["policies"]
+    assert policy["policy"] == f"scale:{path}" and sum(policy["runs_at"].values()) == 6

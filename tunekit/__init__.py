@@ -7,7 +7,7 @@ built artifacts (tunekit/runtime.py): ``load``, ``load_bundle``.
 __version__ = "0.1.0"
 
 _API = {"Job": "api", "plan": "api", "tune": "api", "build": "api", "bench": "api",
-        "load": "runtime", "load_bundle": "runtime"}
+        "load": "runtime", "load_bundle": "runtime", "ScaleModel": "scale"}
 
 
 def __getattr__(name):

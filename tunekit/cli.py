@@ -590,7 +590,8 @@ def plan_budget(report_path, budget_ms):
               help="A `tunekit build --out` directory.")
 @click.option("--data", required=True, type=click.Path(file_okay=False),
               help="A folder with one subfolder of PNG/JPEG images per class (classes in sorted name order).")
-@click.option("--policy", "policies", multiple=True, help="nearest, budget:MS or cascade:T (repeatable).")
+@click.option("--policy", "policies", multiple=True,
+              help="nearest, budget:MS, cascade:T or scale:PATH (an ONNX scale model); repeatable.")
 @click.option("--model", help="The bundle's model, when the directory holds several.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "md"]), default="table", show_default=True)
 @click.option("--output", type=click.Path(dir_okay=False), help="Also write the report: X.json or X.md.")

@@ -24,10 +24,11 @@ STD = np.array([0.229, 0.224, 0.225], dtype=np.float32).reshape(1, 3, 1, 1)
 
 @dataclass(frozen=True)
 class Policy:
-    """A routing policy as ``--policy`` gives it: ``nearest``, ``budget:MS`` or ``cascade:T``."""
+    """A routing policy as ``--policy`` gives it: ``nearest``, ``budget:MS``, ``cascade:T`` or ``scale:PATH``
+    (an ONNX scale model, see ``tunekit.scale``)."""
 
     name: str
-    value: float | None = None
+    value: float | str | None = None
 
     @classmethod
     def parse(cls, text: str) -> "Policy":
@@ -39,16 +40,24 @@ class Policy:
                 return cls("budget", float(arg))
             if name == "cascade" and 0 < float(arg) <= 1:
                 return cls("cascade", float(arg))
+            if name == "scale" and arg:
+                if not Path(arg).is_file():
+                    raise SpecError(f"--policy {text!r}: no scale model at {arg}")
+                return cls("scale", arg)
         except ValueError:
             pass
-        raise SpecError(f"--policy {text!r}: expected nearest, budget:MS (MS > 0) or cascade:T (0 < T <= 1)")
+        raise SpecError(f"--policy {text!r}: expected nearest, budget:MS (MS > 0), cascade:T (0 < T <= 1) "
+                        "or scale:PATH")
 
     def __str__(self) -> str:
-        return self.name if self.value is None else f"{self.name}:{self.value:g}"
+        if self.value is None:
+            return self.name
+        return f"{self.name}:{self.value}" if isinstance(self.value, str) else f"{self.name}:{self.value:g}"
 
     def kwargs(self) -> dict:
         return {"policy": self.name, **({"budget_ms": self.value} if self.name == "budget" else {}),
-                **({"threshold": self.value} if self.name == "cascade" else {})}
+                **({"threshold": self.value} if self.name == "cascade" else {}),
+                **({"scale_model": self.value} if self.name == "scale" else {})}
 
 
 def read_folder(folder: str | Path) -> tuple[list[str], list[tuple[Path, int]]]:

@@ -258,7 +258,7 @@ def softmax_top1(logits: np.ndarray) -> float:
     return float((z.max(axis=1) / z.sum(axis=1)).min())
 
 
-POLICIES = ("nearest", "budget", "cascade")
+POLICIES = ("nearest", "budget", "cascade", "scale")
 
 
 class Bundle:
@@ -273,6 +273,9 @@ class Bundle:
     - ``"cascade"``, with ``threshold``: run the smallest resolution; while the top-1 softmax
       probability is below ``threshold`` and a larger resolution exists, run the next one.
       Every step's time counts in the route's ``ms``.
+    - ``"scale"``, with ``scale_model`` (an ONNX path or a ``tunekit.ScaleModel``): a small
+      classifier scores each resolution (smallest first) from the image at its own low
+      resolution; the best-scored one runs. The scale model's time counts in ``ms``.
 
     Images of any size are fitted to the chosen resolution by ``resize_and_crop``: scaled
     (bilinear, aspect ratio kept) until they cover it, then cropped around the centre.
@@ -283,7 +286,7 @@ class Bundle:
     """
 
     def __init__(self, artifacts: list[Artifact], policy: str = "nearest", budget_ms: float | None = None,
-                 threshold: float | None = None):
+                 threshold: float | None = None, scale_model=None):
         self.artifacts = sorted(artifacts, key=lambda a: a.resolution[0] * a.resolution[1])
         self.model = artifacts[0].model
         self.resolutions = [a.resolution for a in self.artifacts]
@@ -298,6 +301,16 @@ class Bundle:
             raise ArtifactError("threshold= goes with policy='cascade', and policy='cascade' needs it")
         if policy == "cascade" and not 0 < threshold <= 1:
             raise ArtifactError(f"threshold must be a probability in (0, 1], got {threshold}")
+        if (scale_model is not None) != (policy == "scale"):
+            raise ArtifactError("scale_model= goes with policy='scale', and policy='scale' needs it")
+        if policy == "scale" and isinstance(scale_model, (str, Path)):
+            from tunekit.scale import ScaleModel
+
+            scale_model = ScaleModel(scale_model)
+        if policy == "scale" and scale_model.outputs != len(self.artifacts):
+            raise ArtifactError(f"the scale model gives {scale_model.outputs} scores; the bundle has "
+                                f"{len(self.artifacts)} resolutions")
+        self.scale_model = scale_model
         self.fixed = self._within_budget(budget_ms) if policy == "budget" else None
 
     def _within_budget(self, budget_ms: float) -> Artifact:
@@ -317,14 +330,17 @@ class Bundle:
         sides = ", ".join(f"{h}x{w}" for h, w in self.resolutions)
         return f"Bundle({self.model}: {sides}; policy {self.policy})"
 
-    def route(self, height: int, width: int) -> Artifact:
-        """The first artifact the policy runs for an image of ``height`` x ``width``."""
+    def route(self, height: int, width: int, image: np.ndarray | None = None) -> Artifact:
+        """The first artifact the policy runs for an image of ``height`` x ``width`` (the scale policy
+        needs the ``image`` itself)."""
         import math
 
         if self.fixed is not None:
             return self.fixed
         if self.policy == "cascade":
             return self.artifacts[0]
+        if self.policy == "scale" and image is not None:
+            return self.artifacts[self.scale_model.pick(image)]
         return min(reversed(self.artifacts),
                    key=lambda a: abs(math.log(height * width / (a.resolution[0] * a.resolution[1]))))
 
@@ -338,7 +354,7 @@ class Bundle:
             raise ArtifactError("bundle input must be a 4-D NCHW numpy array")
         if image.shape[1] != self.channels:
             raise ArtifactError(f"{self.model} takes {self.channels}-channel images, got {image.shape[1]} channels")
-        artifact = self.route(image.shape[2], image.shape[3])
+        artifact = self.route(image.shape[2], image.shape[3], image)
         ran = []
         while True:
             h, w = artifact.resolution
@@ -353,7 +369,8 @@ class Bundle:
 
 
 def load_bundle(directory: str | Path, model: str | None = None, threads: int | None = None,
-                policy: str = "nearest", budget_ms: float | None = None, threshold: float | None = None) -> Bundle:
+                policy: str = "nearest", budget_ms: float | None = None, threshold: float | None = None,
+                scale_model=None) -> Bundle:
     """Load every artifact of ``model`` (required when the directory holds several models) in ``directory``,
     each on ``threads`` CPU threads (default: as ``load``), routed by ``policy`` (see ``Bundle``)."""
     entries = read_manifest(directory)["artifacts"]
@@ -365,4 +382,4 @@ def load_bundle(directory: str | Path, model: str | None = None, threads: int | 
     chosen = [e for e in entries if e["model"] == model]
     if not chosen:
         raise ArtifactError(f"{directory} has no artifacts of {model!r} (it has {', '.join(models)})")
-    return Bundle([load(directory, e["file"], threads) for e in chosen], policy, budget_ms, threshold)
+    return Bundle([load(directory, e["file"], threads) for e in chosen], policy, budget_ms, threshold, scale_model)
