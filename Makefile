@@ -35,9 +35,10 @@ demo: install
 # artifacts are built from the reference records committed for this host's CPU class
 # (tuning_logs/reference/<mcpu>-<cores>c/, imported into tuning_logs/reference-<mcpu>-<cores>c.db) when
 # there are some, else from tuning_logs/tunekit.db (whatever tuning exists; none means default schedules).
-MCPU      = $(shell $(BIN)/python -c "from tvm.target import codegen; print(codegen.llvm_get_system_cpu())" 2>/dev/null)
-CORES     = $(shell $(BIN)/python -c "import psutil; print(psutil.cpu_count(logical=False))" 2>/dev/null)
-REF_CLASS = $(MCPU)-$(CORES)c
+# The host's class, <LLVM mcpu>-<physical cores>c: computed on first use (after install), then kept.
+HOST_CLASS_PY = import psutil; from tvm.target import codegen; \
+	print(f"{codegen.llvm_get_system_cpu()}-{psutil.cpu_count(logical=False)}c")
+REF_CLASS = $(eval REF_CLASS := $$(shell $(BIN)/python -c '$(HOST_CLASS_PY)' 2>/dev/null))$(REF_CLASS)
 REF_DIR   = tuning_logs/reference/$(REF_CLASS)
 REF_DB    = $(if $(wildcard $(REF_DIR)),tuning_logs/reference-$(REF_CLASS).db,tuning_logs/tunekit.db)
 BENCH_OUT ?= benchmarks/resnet18-$(REF_CLASS)

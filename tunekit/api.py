@@ -27,6 +27,12 @@ from tunekit.errors import SpecError, TunekitError
 from tunekit.keys import Key, model_name_for
 
 
+def check_one_source(model: str | None, onnx: str | Path | None) -> None:
+    """A model comes from the zoo or from an ONNX file: exactly one of the two."""
+    if bool(model) == bool(onnx):
+        raise SpecError("give exactly one of --model NAME or --onnx FILE")
+
+
 @dataclass
 class Job:
     """A model at a set of resolutions for one target, resolved once and checked.
@@ -56,20 +62,12 @@ class Job:
 
     def __post_init__(self):
         from tunekit import database
-        from tunekit.resolutions import parse_resolutions
+        from tunekit.resolutions import sides_for
         from tunekit.targets import resolve_target
 
-        if bool(self.model) == bool(self.onnx):
-            raise SpecError("give exactly one of --model NAME or --onnx FILE")
-        multiple_of = 1
-        if self.model:
-            from tunekit.models import get_spec
-
-            multiple_of = get_spec(self.model).multiple_of
-        if isinstance(self.res, str):
-            self.sides = parse_resolutions(self.res, multiple_of)
-        else:
-            self.sides = parse_resolutions(",".join(str(int(s)) for s in self.res), multiple_of)
+        check_one_source(self.model, self.onnx)
+        spec = self.res if isinstance(self.res, str) else ",".join(str(int(s)) for s in self.res)
+        self.sides = sides_for(spec, self.model)
         self.spec = resolve_target(self.target)
         if self.onnx:
             from tunekit import onnxutil

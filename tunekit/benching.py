@@ -507,13 +507,14 @@ def scaling_efficiency(rows: list[dict]) -> dict:
     return out
 
 
-def fits_budget(report: dict, budget_ms: float) -> dict[str, int | None]:
-    """Per backend in the report: the highest resolution whose median latency fits ``budget_ms`` (None: none)."""
-    out: dict[str, int | None] = {}
+def fits_budget(report: dict, budget_ms: float) -> dict[str, tuple[int, float] | None]:
+    """Per backend in the report: (the highest resolution whose median latency fits ``budget_ms``, that
+    median), or None where none fits."""
+    out: dict[str, tuple[int, float] | None] = {}
     for name in BACKENDS:
         rows = [r for r in report["rows"] if name in r]
         if rows:
-            fitting = [r["resolution"] for r in rows if r[name]["median_ms"] <= budget_ms]
+            fitting = [(r["resolution"], r[name]["median_ms"]) for r in rows if r[name]["median_ms"] <= budget_ms]
             out[name] = max(fitting) if fitting else None
     return out
 

@@ -58,22 +58,6 @@ def _model_options(f):
     return f
 
 
-def _one_source(model, onnx_file):
-    if bool(model) == bool(onnx_file):
-        raise UserError("give exactly one of --model NAME or --onnx FILE")
-
-
-def _sides(spec: str, model: str | None) -> list[int]:
-    from tunekit.resolutions import parse_resolutions
-
-    multiple_of = 1
-    if model:
-        from tunekit.models import get_spec
-
-        multiple_of = get_spec(model).multiple_of
-    return parse_resolutions(spec, multiple_of)
-
-
 def _invocation() -> str:
     """The current command as a shell line, rebuilt from its parsed options (defaults left out)."""
     import shlex
@@ -142,11 +126,13 @@ def export(model, onnx_file, res, out, batch, weights):
       tunekit export --onnx mynet.onnx --res 160,224 --out exports/
     """
     from tunekit import export as ex
+    from tunekit.api import check_one_source
+    from tunekit.resolutions import sides_for
 
-    _one_source(model, onnx_file)
+    check_one_source(model, onnx_file)
     if weights and not model:
         raise UserError("--weights goes with --model (an ONNX file carries its own weights)")
-    sides = _sides(res, model)
+    sides = sides_for(res, model)
     click.echo(f"exporting {model or onnx_file} at {', '.join(map(str, sides))} (batch {batch}) to {out}/")
 
     def done(r):
@@ -178,8 +164,11 @@ def flops(model, onnx_file, res, batch, as_json):
     """
     from tunekit import cost
 
-    _one_source(model, onnx_file)
-    sides = _sides(res, model)
+    from tunekit.api import check_one_source
+    from tunekit.resolutions import sides_for
+
+    check_one_source(model, onnx_file)
+    sides = sides_for(res, model)
     costs = cost.zoo_costs(model, sides, batch) if model else cost.onnx_costs(onnx_file, sides, batch)
     if as_json:
         click.echo(json.dumps({"model": model or onnx_file, "batch": batch, "rows": [c.to_json() for c in costs]},
@@ -320,13 +309,14 @@ def tune(model, onnx_file, res, target, trials, trials_per_task, batch, weights,
     import shlex
 
     from tunekit import api, database
+    from tunekit.resolutions import sides_for
 
     job = api.Job(model, onnx_file, res, batch, weights, target, db_path)
     rpc_addr = _parse_rpc(rpc, rpc_key)
     click.echo(f"tuning {model or onnx_file} at {', '.join(map(str, job.sides))} (batch {batch}) for "
                f"{job.spec.name}: {json.dumps(job.spec.tvm)}")
     click.echo(f"database {job.db_path}; TVM's own log {job.db_path.with_suffix('.log')}")
-    anchors = _sides(anchor, model) if anchor else None
+    anchors = sides_for(anchor, model) if anchor else None
     plan = api.plan(job, trials, trials_per_task, not no_transfer, anchors, rpc_addr)
     _print_plan(plan, len(job.sides))
     if dry_run:
@@ -575,9 +565,9 @@ def plan_budget(report_path, budget_ms):
     fastest = {b: min(r[b]["median_ms"] for r in report["rows"] if b in r) for b in fits}
     _table(f"{report['model']} within {budget_ms:g} ms ({report['machine']['mcpu']}, {report['threads']} threads)",
            ["backend", "highest resolution that fits", "its median ms"],
-           [[b, f"{s}x{s}" if s else f"none (fastest {fastest[b]:.2f} ms)",
-             f"{next(r[b]['median_ms'] for r in report['rows'] if r['resolution'] == s):.2f}" if s else "-"]
-            for b, s in fits.items()])
+           [[b, f"{fit[0]}x{fit[0]}", f"{fit[1]:.2f}"] if fit else [b, f"none (fastest {fastest[b]:.2f} ms)", "-"]
+            for b, fit in fits.items()])
+    fits = {b: fit[0] if fit else None for b, fit in fits.items()}
     if fits.get("tuned") and "onednn" in fits:
         tuned, onednn = fits["tuned"], fits["onednn"] or 0
         verdict = "holds" if tuned > onednn else "does not hold"
@@ -613,9 +603,10 @@ def evaluate_cmd(bundle_dir, data, policies, model, fmt, output):
     parsed = [evaluating.Policy.parse(p) for p in policies]
     if output and Path(output).suffix not in (".json", ".md"):
         raise UserError(f"--output {output}: name a .json or .md file")
-    _, items = evaluating.read_folder(data)
+    folder = evaluating.read_folder(data)
+    items = folder[1]
     with click.progressbar(length=len(items), label="images", file=sys.stderr) as bar:
-        report = evaluating.evaluate(bundle_dir, data, parsed, model, on_image=lambda: bar.update(1))
+        report = evaluating.evaluate(bundle_dir, data, parsed, model, on_image=lambda: bar.update(1), folder=folder)
     header = ["resolution / policy", "top-1", "mean ms", "p90 ms", "ran at"]
     md = "\n".join([f"# {report['model']} on {data}", "", "| " + " | ".join(header) + " |",
                     "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in evaluating.rows(report)])

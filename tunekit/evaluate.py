@@ -93,13 +93,15 @@ def _summary(correct: list[bool], ms: list[float]) -> dict:
 
 
 def evaluate(directory: str | Path, data: str | Path, policies: list[Policy], model: str | None = None,
-             on_image: Callable[[], None] | None = None) -> dict:
+             on_image: Callable[[], None] | None = None, folder: tuple | None = None) -> dict:
     """Run every image at every resolution of the bundle and under every policy; the report as a dict with
-    ``"resolutions"``, ``"policies"`` and ``"oracle"``. ``on_image`` is called after each image."""
-    from tunekit.runtime import load_bundle
+    ``"resolutions"``, ``"policies"`` and ``"oracle"``. ``on_image`` is called after each image;
+    ``folder`` is ``read_folder(data)`` when the caller has read it already."""
+    from tunekit.runtime import Bundle, load_bundle
 
-    classes, items = read_folder(data)
+    classes, items = folder or read_folder(data)
     bundle = load_bundle(directory, model)
+    singles = [Bundle([artifact]) for artifact in bundle.artifacts]  # one resolution each, same fitting
     routed = [load_bundle(directory, model, **p.kwargs()) for p in policies]  # refuses a budget none fits
     for b in (bundle, *routed):  # first calls (allocation, page faults) are not timed
         for artifact in b.artifacts:
@@ -110,9 +112,8 @@ def evaluate(directory: str | Path, data: str | Path, policies: list[Policy], mo
     for path, label in items:
         image = load_image(path)
         right_at = []
-        for artifact in bundle.artifacts:
-            h, w = artifact.resolution
-            one = type(bundle)([artifact])
+        for one in singles:
+            h, w = one.resolutions[0]
             out, route = one.run(image, return_route=True)
             right = int(np.argmax(out)) == label
             per_res[(h, w)][0].append(right)

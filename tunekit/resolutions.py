@@ -76,3 +76,14 @@ def parse_resolutions(spec: str, multiple_of: int = 1) -> list[int]:
     if bad:
         raise SpecError(f"resolutions {bad} are not multiples of the patch size {multiple_of}")
     return sorted(set(sides))
+
+
+def sides_for(spec: str, model: str | None) -> list[int]:
+    """The sides ``spec`` names for zoo ``model`` (multiples of what it needs, e.g. ViT's patch size) or,
+    for a user's ONNX file (``model`` None), any side."""
+    multiple_of = 1
+    if model:
+        from tunekit.models import get_spec
+
+        multiple_of = get_spec(model).multiple_of
+    return parse_resolutions(spec, multiple_of)

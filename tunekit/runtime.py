@@ -292,7 +292,7 @@ class Bundle:
         self.resolutions = [a.resolution for a in self.artifacts]
         self.channels = int(self.artifacts[0].input["shape"][1])
         self.policy = policy
-        self.budget_ms, self.threshold = budget_ms, threshold
+        self.threshold = threshold
         if policy not in POLICIES:
             raise ArtifactError(f"unknown policy {policy!r}; choose one of {', '.join(POLICIES)}")
         if (budget_ms is not None) != (policy == "budget"):

@@ -33,9 +33,12 @@ class ScaleModel:
         image = onnxutil.image_input(graph)
         if not all(isinstance(d, int) for d in image.shape):
             raise ArtifactError(f"scale model {self.path}: its input must have a static shape, got {list(image.shape)}")
-        (output,) = onnxutil.graph_outputs(graph) or [None]
+        outputs = onnxutil.graph_outputs(graph)
+        if len(outputs) != 1:
+            raise ArtifactError(f"scale model {self.path}: expected one output (a score per resolution), "
+                                f"got {len(outputs)}")
         self.input_shape = tuple(image.shape)
-        self.outputs = int(np.prod([d for d in output.shape if isinstance(d, int)])) if output else 0
+        self.outputs = int(np.prod([d for d in outputs[0].shape if isinstance(d, int)]))
         spec = resolve_target(target)
         db_path = database.resolve_path(db)
         opened = database.open_database(db_path, spec.tvm_target()) if db_path.is_file() else None
