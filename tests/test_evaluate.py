@@ -109,3 +109,23 @@ def test_evaluate_takes_a_scale_policy(world, cli, tmp_path):
     assert result.exit_code == 0, result.output
     (policy,) = json.loads(out.read_text())["policies"]
     assert policy["policy"] == f"scale:{path}" and sum(policy["runs_at"].values()) == 6
+
+
+def test_a_labels_file_orders_the_classes(world, cli, tmp_path):
+    (tmp_path / "labels.txt").write_text("dog\ncat\nbird\n")
+    out = tmp_path / "e.json"
+    result = cli("evaluate", "--bundle", world / "art", "--data", world / "data", "--labels", tmp_path / "labels.txt",
+                 "--output", out)
+    assert result.exit_code == 0, result.output
+    assert json.loads(out.read_text())["classes"] == ["dog", "cat", "bird"]
+    (tmp_path / "short.txt").write_text("cat\n")
+    result = cli("evaluate", "--bundle", world / "art", "--data", world / "data", "--labels", tmp_path / "short.txt")
+    assert result.exit_code == 2 and "subfolder(s) dog not in the labels file" in result.output
+
+
+def test_plan_refuses_a_report_that_is_not_evaluate_json(cli, tmp_path):
+    (tmp_path / "bad.json").write_text(json.dumps({"resolutions": [], "policies": [{"policy": "nearest"}]}))
+    result = cli("plan", "--accuracy", tmp_path / "bad.json", "--budget-ms", "5")
+    assert result.exit_code == 2 and "not a tunekit evaluate JSON report (no 'accuracy')" in result.output
+    result = cli("plan", "--budget-ms", "5")
+    assert result.exit_code == 2 and "give --report BENCH.json, --accuracy EVALUATE.json, or both" in result.output

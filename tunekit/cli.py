@@ -544,20 +544,34 @@ def compare(base, new, max_regression, relative_to, backends):
 
 
 @main.command("plan")
-@click.option("--report", "report_path", required=True, type=click.Path(exists=True, dir_okay=False),
+@click.option("--report", "report_path", type=click.Path(exists=True, dir_okay=False),
               help="A `tunekit bench --output X.json` report.")
+@click.option("--accuracy", "accuracy_path", type=click.Path(exists=True, dir_okay=False),
+              help="A `tunekit evaluate --output X.json` report: the most accurate resolution or policy that fits.")
 @click.option("--budget-ms", required=True, type=click.FloatRange(min=0, min_open=True),
               help="Latency budget per image, in ms.")
-def plan_budget(report_path, budget_ms):
-    """The highest resolution each backend runs within a latency budget, from a bench report.
+def plan_budget(report_path, accuracy_path, budget_ms):
+    """What fits a latency budget: per backend from a bench report, per resolution or policy from an evaluate report.
 
-    Reads the medians measured side by side in one bench run, so the backends are
-    compared on the same machine at the same time.
+    With --report, the highest resolution each backend runs within the budget (the
+    medians measured side by side in one bench run, so the backends are compared on
+    the same machine at the same time). With --accuracy, the most accurate fixed
+    resolution or routing policy whose mean latency (as evaluate measured it) fits.
 
     \b
-    Example:
+    Examples:
       tunekit plan --report benchmarks/resnet18-rocketlake-2c.json --budget-ms 20
+      tunekit plan --accuracy eval.json --budget-ms 5
     """
+    if not (report_path or accuracy_path):
+        raise UserError("give --report BENCH.json, --accuracy EVALUATE.json, or both")
+    if report_path:
+        _plan_backends(report_path, budget_ms)
+    if accuracy_path:
+        _plan_accuracy(accuracy_path, budget_ms)
+
+
+def _plan_backends(report_path, budget_ms):
     from tunekit import benching, regression
 
     report = regression.load(report_path)
@@ -575,17 +589,40 @@ def plan_budget(report_path, budget_ms):
                    "on this host at this budget")
 
 
+def _plan_accuracy(accuracy_path, budget_ms):
+    from tunekit import evaluate as evaluating
+
+    report = evaluating.load_report(accuracy_path)
+    choices = evaluating.choices(report)
+    fitting = [c for c in choices if c["mean_ms"] <= budget_ms]
+    _table(f"{report['model']} on {report['data']}: within {budget_ms:g} ms (mean latency from evaluate)",
+           ["resolution / policy", "top-1", "mean ms", "fits"],
+           [[c["name"], f"{c['accuracy']:.1%}", f"{c['mean_ms']:.2f}", "yes" if c in fitting else "no"]
+            for c in choices])
+    if not fitting:
+        fastest = min(choices, key=lambda c: c["mean_ms"])
+        raise UserError(f"nothing in {accuracy_path} fits {budget_ms:g} ms: the fastest, {fastest['name']}, "
+                        f"takes {fastest['mean_ms']:.2f} ms")
+    best = max(fitting, key=lambda c: (c["accuracy"], -c["mean_ms"]))
+    click.echo(f"most accurate within {budget_ms:g} ms: {best['name']} ({best['accuracy']:.1%} top-1, "
+               f"{best['mean_ms']:.2f} ms mean)")
+
+
 @main.command("evaluate")
 @click.option("--bundle", "bundle_dir", required=True, type=click.Path(exists=True, file_okay=False),
               help="A `tunekit build --out` directory.")
 @click.option("--data", required=True, type=click.Path(file_okay=False),
               help="A folder with one subfolder of PNG/JPEG images per class (classes in sorted name order).")
+@click.option("--labels", type=click.Path(exists=True, dir_okay=False),
+              help="Class names, one per line in the model's output order (default: sorted subfolder names).")
 @click.option("--policy", "policies", multiple=True,
               help="nearest, budget:MS, cascade:T or scale:PATH (an ONNX scale model); repeatable.")
 @click.option("--model", help="The bundle's model, when the directory holds several.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "md"]), default="table", show_default=True)
-@click.option("--output", type=click.Path(dir_okay=False), help="Also write the report: X.json or X.md.")
-def evaluate_cmd(bundle_dir, data, policies, model, fmt, output):
+@click.option("--output", "outputs", multiple=True, type=click.Path(dir_okay=False),
+              help="Also write the report: X.json or X.md; repeatable.")
+@click.option("--plot", type=click.Path(dir_okay=False), help="Accuracy against latency: X.png.")
+def evaluate_cmd(bundle_dir, data, labels, policies, model, fmt, outputs, plot):
     """Accuracy and latency of a bundle on labelled images: per resolution, per policy, and the oracle.
 
     The oracle runs each image at the smallest resolution where it is right: the
@@ -594,30 +631,102 @@ def evaluate_cmd(bundle_dir, data, policies, model, fmt, output):
 
     \b
     Example:
-      tunekit evaluate --bundle artifacts/r18 --data val/ --policy budget:10 --policy cascade:0.8
+      tunekit evaluate --bundle artifacts/r18 --data val/ --policy budget:10 --policy cascade:0.8 --plot eval.png
     """
     from pathlib import Path
 
     from tunekit import evaluate as evaluating
 
     parsed = [evaluating.Policy.parse(p) for p in policies]
-    if output and Path(output).suffix not in (".json", ".md"):
-        raise UserError(f"--output {output}: name a .json or .md file")
-    folder = evaluating.read_folder(data)
+    for output in outputs:
+        if Path(output).suffix not in (".json", ".md"):
+            raise UserError(f"--output {output}: name a .json or .md file")
+    if plot and Path(plot).suffix != ".png":
+        raise UserError(f"--plot {plot}: name a .png file")
+    folder = evaluating.read_folder(data, labels)
     items = folder[1]
     with click.progressbar(length=len(items), label="images", file=sys.stderr) as bar:
         report = evaluating.evaluate(bundle_dir, data, parsed, model, on_image=lambda: bar.update(1), folder=folder)
     header = ["resolution / policy", "top-1", "mean ms", "p90 ms", "ran at"]
-    md = "\n".join([f"# {report['model']} on {data}", "", "| " + " | ".join(header) + " |",
+    host = f"LLVM mcpu {report['machine']['mcpu']}, {report['threads']} threads"
+    md = "\n".join([f"# {report['model']} on {data} ({host})", "", "| " + " | ".join(header) + " |",
                     "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in evaluating.rows(report)])
     text = {"json": json.dumps(report, indent=2), "md": md}
-    if output:
+    for output in outputs:
         Path(output).write_text(text[Path(output).suffix[1:]] + "\n")
+    if plot:
+        evaluating.plot(report, plot)
     if fmt == "table":
-        _table(f"{report['model']}: {len(items)} images, {len(report['classes'])} classes", header,
+        _table(f"{report['model']}: {len(items)} images, {len(report['classes'])} classes ({host})", header,
                evaluating.rows(report))
     else:
         click.echo(text[fmt])
+
+
+@main.group("scale-model")
+def scale_model():
+    """Scale models for dynamic resolution (load_bundle(..., policy="scale")).
+
+    \b
+    Example:
+      tunekit scale-model train --bundle artifacts/r18 --data train/ --out scale.onnx
+    """
+
+
+@scale_model.command("train")
+@click.option("--bundle", "bundle_dir", required=True, type=click.Path(exists=True, file_okay=False),
+              help="A `tunekit build --out` directory: the backbone and resolutions to choose between.")
+@click.option("--data", required=True, type=click.Path(file_okay=False),
+              help="A folder with one subfolder of PNG/JPEG images per class (as for evaluate).")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Where to write the scale model (.onnx).")
+@click.option("--labels", type=click.Path(exists=True, dir_okay=False),
+              help="Class names, one per line in the model's output order (default: sorted subfolder names).")
+@click.option("--side", type=click.IntRange(min=8), help="The scale model's input side [default: the bundle's smallest].")
+@click.option("--epochs", default=30, show_default=True, type=click.IntRange(min=1))
+@click.option("--width", default=16, show_default=True, type=click.IntRange(min=4),
+              help="Channels of the first layer (the network doubles them twice).")
+@click.option("--val-fraction", default=0.2, show_default=True, type=float,
+              help="Share of the images held out to report how well the labels generalise.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--model", help="The bundle's model, when the directory holds several.")
+def scale_model_train(bundle_dir, data, out, labels, side, epochs, width, val_fraction, seed, model):
+    """Train a scale model: per image, the smallest bundle resolution at which the backbone is right.
+
+    Runs every image through the bundle at each resolution (the oracle's labels),
+    trains a small MobileNetV2-style network on the images at --side px with
+    PyTorch, and writes it as ONNX with the bundle's resolutions in its metadata.
+    Measure it with `tunekit evaluate --policy scale:OUT` on images it was not
+    trained on.
+
+    \b
+    Example:
+      tunekit scale-model train --bundle artifacts/r18 --data train/ --out scale.onnx --epochs 30
+      tunekit evaluate --bundle artifacts/r18 --data val/ --policy scale:scale.onnx
+    """
+    from tunekit import evaluate as evaluating
+    from tunekit import scale_training
+
+    items = evaluating.read_folder(data, labels)[1]
+    with click.progressbar(length=len(items), label="oracle labels", file=sys.stderr) as bar:
+        def on_epoch(epoch, loss, routed):
+            if epoch == 1:
+                bar.render_finish()
+            held = f", held-out routing {routed['accuracy']:.1%} at {routed['mean_ms']:.2f} ms" if routed else ""
+            click.echo(f"epoch {epoch}/{epochs}: loss {loss:.4f}{held}", err=True)
+
+        trained = scale_training.train(bundle_dir, data, out, side, epochs, width, val_fraction, seed, model,
+                                       labels, on_image=lambda: bar.update(1), on_epoch=on_epoch)
+    click.echo("labels (smallest resolution the backbone gets right): "
+               + ", ".join(f"{k}: {v}" for k, v in trained.label_counts.items()))
+    if trained.routed:
+        largest = "x".join(map(str, trained.resolutions[-1]))
+        _table(f"on {trained.held_out} held-out images (backbone time; the scale model's own is not counted here)",
+               ["routing", "top-1", "backbone mean ms"],
+               [[f"scale model (epoch {trained.epoch} kept)", f"{trained.routed['accuracy']:.1%}",
+                 f"{trained.routed['mean_ms']:.2f}"],
+                [f"always {largest}", f"{trained.largest['accuracy']:.1%}", f"{trained.largest['mean_ms']:.2f}"],
+                ["oracle", f"{trained.oracle['accuracy']:.1%}", f"{trained.oracle['mean_ms']:.2f}"]])
+    click.echo(f"scale model ({trained.side}x{trained.side} input) -> {trained.path}")
 
 
 def _print_summary(path, model, sides, batch, target_label):

@@ -310,6 +310,10 @@ class Bundle:
         if policy == "scale" and scale_model.outputs != len(self.artifacts):
             raise ArtifactError(f"the scale model gives {scale_model.outputs} scores; the bundle has "
                                 f"{len(self.artifacts)} resolutions")
+        if policy == "scale" and scale_model.resolutions not in (None, [list(r) for r in self.resolutions]):
+            sides = ", ".join(f"{h}x{w}" for h, w in scale_model.resolutions)
+            raise ArtifactError(f"the scale model was trained for a bundle at {sides}; this one is at "
+                                f"{', '.join(f'{h}x{w}' for h, w in self.resolutions)}")
         self.scale_model = scale_model
         self.fixed = self._within_budget(budget_ms) if policy == "budget" else None
 

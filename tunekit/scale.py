@@ -4,16 +4,20 @@ resolution and scores each resolution of a bundle; the bundle runs the best-scor
 It is a user's ONNX file with one static NCHW input and one output of one score per bundle
 resolution (smallest first), compiled here with TVM for the host like any model (with the tuning
 database's schedules when ``db`` has them, default schedules otherwise), so its time is small and
-is counted in every call's route.
+is counted in every call's route. ``tunekit scale-model train`` (``tunekit.scale_training``) makes
+one for a bundle and records the bundle's resolutions in its metadata, so it is refused for another.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 
 from tunekit.errors import ArtifactError
+
+RESOLUTIONS_KEY = "tunekit.resolutions"  # ONNX metadata: the bundle's resolutions, [[h, w], ...], smallest first
 
 
 class ScaleModel:
@@ -38,6 +42,8 @@ class ScaleModel:
             raise ArtifactError(f"scale model {self.path}: expected one output (a score per resolution), "
                                 f"got {len(outputs)}")
         self.input_shape = tuple(image.shape)
+        # the bundle resolutions it was trained for (None for a scale model tunekit did not train)
+        self.resolutions = next((json.loads(e.value) for e in graph.metadata_props if e.key == RESOLUTIONS_KEY), None)
         self.outputs = int(np.prod([d for d in outputs[0].shape if isinstance(d, int)]))
         spec = resolve_target(target)
         db_path = database.resolve_path(db)
