@@ -44,7 +44,7 @@ def _reference(x):
 
 def test_build_writes_verified_libraries_and_manifest(built):
     out, output = built
-    assert "32x32: 0 tuned, 0 transferred, 6 fallback" in output and "48x48: 0 tuned, 0 transferred, 6 fallback" in output
+    assert "32x32: 0 tuned, 0 transferred, 7 fallback" in output and "48x48: 0 tuned, 0 transferred, 7 fallback" in output
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["kind"] == "tunekit-artifacts"
     entries = {e["file"]: e for e in manifest["artifacts"]}
@@ -53,7 +53,7 @@ def test_build_writes_verified_libraries_and_manifest(built):
     assert e["resolution"] == [48, 48] and e["batch"] == 1 and e["target"]["kind"] == "llvm"
     assert e["input"] == {"name": "input", "shape": [1, 3, 48, 48], "dtype": "float32"}
     assert e["output"]["shape"] == [1, 10]
-    assert (e["tasks"], e["tuned"], e["fallback"]) == (6, 0, 6)
+    assert (e["tasks"], e["tuned"], e["fallback"]) == (7, 0, 7)
     assert e["verification"] == "verified" and e["max_abs_err"] <= e["tolerance"]
     assert len(e["sha256"]) == 64 and e["tvm_version"]
     assert not list(out.glob("*.tmp*"))
@@ -276,8 +276,11 @@ def test_loaded_artifact_runs_on_the_target_threads_and_leaves_affinity(built, t
     assert got["after"] == got["before"]
 
 
-def test_default_schedules_follow_the_vector_isa(tmp_path):
-    """16-lane tiles on AVX-512, 8 on AVX2, and the register block never exceeds half the register file."""
+@pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
+def test_default_schedules_follow_the_vector_isa(layout):
+    """Full vectors for the ISA (16 lanes on AVX-512, 8 on AVX2), and a register block that fits its register
+    file: in NHWC two vectors of output channels times a block of pixels, in NCHW a vector of the row times
+    a block of channels within half the registers."""
     from tunekit import fallback, frontend
     from tunekit.keys import Key
     from tunekit.targets import resolve_target
@@ -288,15 +291,28 @@ def test_default_schedules_follow_the_vector_isa(tmp_path):
         target = resolve_target(json.dumps({"kind": "llvm", "mcpu": mcpu, "num-cores": 2})).tvm_target()
         assert fallback.vector_isa(target).name == isa
         isas[mcpu] = fallback.vector_isa(target)
-        tasks, _ = frontend.runtime_tasks(frontend.prepare(frontend.to_relax(graph)[0], target), target)
-        conv = next(t for t in tasks if "conv2d" in t.name)
-        spaces, _ = fallback.design_spaces(conv.mod, target, conv.name)
-        decisions = fallback.heuristic_decisions(spaces[0].trace, isas[mcpu])
-        tiles = [d for inst, d in decisions.items() if inst.kind.name == "SamplePerfectTile" and len(d) == 4]
-        lanes = tiles[-1][-1]  # the innermost tile of the last spatial loop (W)
-        block = max(t[-1] for t in tiles[:-1])  # the register block of the channels
-        assert lanes <= isas[mcpu].lanes and block <= isas[mcpu].channel_block
-        assert lanes * block <= isas[mcpu].lanes * isas[mcpu].registers // 2  # accumulators fit
+        tasks, _ = frontend.runtime_tasks(frontend.prepare(frontend.to_relax(graph)[0], target, layout), target)
+        convs = [t for t in tasks if "conv2d" in t.name]
+        assert len(convs) == 3
+        widths = []
+        for conv in convs:
+            spaces, _ = fallback.design_spaces(conv.mod, target, conv.name)
+            blockings = fallback.reuse_axes(conv.mod)
+            assert [b.weight_vectors for b in blockings] == [layout == "NHWC"]
+            decisions = fallback.heuristic_decisions(spaces[0].trace, isas[mcpu], blockings)
+            tiles = [d for inst, d in decisions.items() if inst.kind.name == "SamplePerfectTile" and len(d) == 4]
+            vector = tiles[-1][-1]  # the innermost tile of the last spatial loop: C of NHWC, W of NCHW
+            block = max(t[-1] for t in tiles[:-1])  # the register block: pixels (NHWC) or channels (NCHW)
+            if layout == "NHWC":
+                vectors = vector // isas[mcpu].lanes
+                assert vector % isas[mcpu].lanes == 0 and vectors in (1, 2)
+                assert vectors * block + vectors + 1 <= isas[mcpu].registers  # accumulators, weights, a broadcast
+                widths.append(vectors)
+            else:
+                assert vector <= isas[mcpu].lanes and block <= isas[mcpu].channel_block
+                assert vector * block <= isas[mcpu].lanes * isas[mcpu].registers // 2
+        if layout == "NHWC":  # 16 output channels: one vector on AVX-512; 32: two
+            assert sorted(widths) == ([1, 2, 2] if isa == "avx512" else [2, 2, 2]), widths
     assert (isas["znver4"].lanes, isas["haswell"].lanes) == (16, 8)
 
 

@@ -73,7 +73,7 @@ def test_tune_over_rpc(cli, tmp_path, tracker):
                  "--rpc", f"127.0.0.1:{tracker}", "--rpc-key", KEY)
     assert result.exit_code == 0, result.output
     (row,) = database.tuned_summary(db)
-    assert row["tuned_tasks"] == row["tasks"] == 6
+    assert row["tuned_tasks"] == row["tasks"] == 7
     assert database.stats(db)["failed_records"] == 0
 
 

@@ -46,12 +46,13 @@ def _records(path):
 
 def test_records_land(tuned_db):
     path, output = tuned_db
-    assert "6 tasks over 1 resolution(s) -> 6 unique (5 to search, 1 with one schedule)" in output
-    assert "3 weight-only tasks" in output
-    assert "0 trials reused from the database, 11 new" in output
-    assert _records(path) == 11  # 5 searched tasks x 2 + 1 single-schedule task x 1
+    # NHWC: 3 convs, the mean and the fc searched; the input's transpose and the output's reshape not
+    assert "7 tasks over 1 resolution(s) -> 7 unique (5 to search, 2 with one schedule)" in output
+    assert "6 weight-only tasks" in output  # NHWC: the weights' transposes to HWIO, among others
+    assert "0 trials reused from the database, 12 new" in output
+    assert _records(path) == 12  # 5 searched tasks x 2 + 2 single-schedule tasks (NHWC's transposes) x 1
     (row,) = database.tuned_summary(path)
-    assert (row["model"], row["resolution"], row["tuned_tasks"], row["tasks"]) == ("tinyconv", 32, 6, 6)
+    assert (row["model"], row["resolution"], row["tuned_tasks"], row["tasks"]) == ("tinyconv", 32, 7, 7)
     assert row["est_ms"] > 0
     assert row["target"].startswith("llvm/")
 
@@ -61,7 +62,7 @@ def test_resume_adds_nothing_to_finished_tasks(tuned_db, cli):
     before = _records(path)
     result = cli("tune", *TINY, "--db", path)
     assert result.exit_code == 0
-    assert "11 trials reused from the database, 0 new; 6/6 tasks already done" in result.output
+    assert "12 trials reused from the database, 0 new; 7/7 tasks already done" in result.output
     assert _records(path) == before
 
 
@@ -95,7 +96,7 @@ def test_export_applies_in_stock_tvm(tuned_db, tmp_path, cli):
     path, _ = tuned_db
     result = cli("db", "export", "--db", path, "--format", "tvm-json", "--target", "host", tmp_path / "tvm")
     assert result.exit_code == 0, result.output
-    assert "wrote 11 records of 6 workloads" in result.output
+    assert "wrote 12 records of 7 workloads" in result.output
     stock = ms.database.JSONDatabase(work_dir=str(tmp_path / "tvm"))
     host = resolve_target("host").tvm_target()
     graph = frontend.onnx_graph(Key("tinyconv", 32, 32), model="tinyconv")
@@ -108,8 +109,8 @@ def test_export_applies_in_stock_tvm(tuned_db, tmp_path, cli):
 
     # and back: import into a fresh tunekit database
     result = cli("db", "import", "--db", tmp_path / "back.db", tmp_path / "tvm")
-    assert "imported 11 records" in result.output
-    assert _records(tmp_path / "back.db") == 11
+    assert "imported 12 records" in result.output
+    assert _records(tmp_path / "back.db") == 12
 
 
 def test_prune_keeps_budget(tuned_db, cli, tmp_path):
@@ -117,9 +118,9 @@ def test_prune_keeps_budget(tuned_db, cli, tmp_path):
     copy = _copy(path, tmp_path / "p.db")
     result = cli("db", "prune", "--db", copy, "--top-k", "1")
     assert result.exit_code == 0 and "deleted 5 records" in result.output
-    assert _records(copy) == 6
+    assert _records(copy) == 7
     result = cli("tune", *TINY, "--db", copy)
-    assert "0 new; 6/6 tasks already done" in result.output
+    assert "0 new; 7/7 tasks already done" in result.output
 
 
 def _start(args, db):
@@ -148,7 +149,7 @@ def test_kill_9_then_resume(tmp_path):
     resumed = subprocess.run([*TUNEKIT, "tune", *TINY, "--db", str(db)], capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert f"{survived} trials reused" in resumed.stdout
-    assert _records(db) == 11
+    assert _records(db) == 12
 
 
 def test_two_writers_at_once(tmp_path):
@@ -193,14 +194,14 @@ def test_dry_run_plans_without_tuning(cli, tmp_path):
     db = tmp_path / "d.db"
     result = cli("tune", "--model", "tinyconv", "--res", "32,40", "--trials", "90", "--db", db, "--dry-run")
     assert result.exit_code == 0, result.output
-    # 2 x 6 tasks; the fc, its flatten and nothing else are shared between the resolutions
-    assert "12 tasks over 2 resolution(s) -> 10 unique (9 to search, 1 with one schedule)" in result.output
+    # 2 x 7 tasks; the fc, its flatten and nothing else are shared between the resolutions
+    assert "14 tasks over 2 resolution(s) -> 12 unique (9 to search, 3 with one schedule)" in result.output
     # transfer (the default): the anchor (40, the middle) gets the full share, the other tasks a quarter
     assert "transfer: anchor 40 first, 5 tasks x 15 trials; the other 4 tasks x 3 trials" in result.output
     assert "budget 15 trials per task (3 away from the anchor)" in result.output
     independent = cli("tune", "--model", "tinyconv", "--res", "32,40", "--trials", "90", "--db", db, "--dry-run",
                       "--no-transfer")
-    assert "budget 10 trials per task: 0 trials reused from the database, 91 new" in independent.output
+    assert "budget 10 trials per task: 0 trials reused from the database, 93 new" in independent.output  # 9 x 10 + 3
     assert "transfer: anchor" not in independent.output
     bad = cli("tune", "--model", "tinyconv", "--res", "32,40", "--anchor", "48", "--db", db, "--dry-run")
     assert bad.exit_code == 2 and "--anchor 48 is not one of the resolutions" in bad.output
@@ -222,9 +223,32 @@ def test_build_after_a_complete_tune_has_no_fallbacks(tuned_db, cli, tmp_path):
     path, _ = tuned_db
     result = cli("build", "--model", "tinyconv", "--res", "32", "--db", path, "--out", tmp_path / "art")
     assert result.exit_code == 0, result.output
-    assert "32x32: 6 tuned, 0 transferred, 0 fallback" in result.output
+    assert "32x32: 7 tuned, 0 transferred, 0 fallback" in result.output
     (entry,) = json.loads((tmp_path / "art" / "manifest.json").read_text())["artifacts"]
-    assert (entry["tuned"], entry["fallback"], entry["verification"]) == (6, 0, "verified")
+    assert (entry["tuned"], entry["fallback"], entry["verification"], entry["layout"]) == (7, 0, "verified", "NHWC")
+
+
+def test_a_target_in_nchw_tunes_and_builds_in_nchw(cli, tmp_path):
+    """The layout is the target's: a preset with "layout": "NCHW" prepares NCHW tasks (other workloads than
+    NHWC's, so the NHWC records do not apply), and its build after its tune has 0 fallbacks too."""
+    from tunekit.targets import detect_host
+
+    host = detect_host()
+    preset = tmp_path / "nchw.json"
+    preset.write_text(json.dumps({"name": "host-nchw", "tvm": host.tvm, "threads": host.threads, "layout": "NCHW"}))
+    db = tmp_path / "n.db"
+    result = cli("tune", "--model", "tinyconv", "--res", "32", "--target", preset, "--trials-per-task", 1, "--db", db)
+    assert result.exit_code == 0, result.output
+    result = cli("build", "--model", "tinyconv", "--res", "32", "--target", preset, "--db", db, "--out", tmp_path / "a")
+    assert result.exit_code == 0, result.output
+    assert "32x32: 6 tuned, 0 transferred, 0 fallback" in result.output
+    (entry,) = json.loads((tmp_path / "a" / "manifest.json").read_text())["artifacts"]
+    assert (entry["layout"], entry["verification"]) == ("NCHW", "verified")
+    # the same database holds nothing for the default (NHWC) preparation's convolutions
+    result = cli("build", "--model", "tinyconv", "--res", "32", "--db", db, "--out", tmp_path / "b")
+    assert result.exit_code == 0, result.output
+    (entry,) = json.loads((tmp_path / "b" / "manifest.json").read_text())["artifacts"]
+    assert entry["layout"] == "NHWC" and sum("conv2d" in t for t in entry["fallback_tasks"]) == 3
 
 
 def test_progress_stays_within_the_plan_and_best_candidates_are_remeasured(tuned_db):

@@ -30,7 +30,7 @@ from typing import Callable
 
 import numpy as np
 
-from tunekit.common import MANIFEST, sample_input, sha256, write_json
+from tunekit.common import MANIFEST, interrupts_kept, sample_input, sha256, write_json
 from tunekit.errors import BuildError
 from tunekit.keys import Key
 from tunekit.runtime import MANIFEST_KIND, Artifact, has_cuda
@@ -68,7 +68,7 @@ class Built:
         file = file or self.path
         return {"file": file.name, "model": self.key.model, "resolution": [self.key.height, self.key.width],
                 "batch": self.key.batch, "target_name": spec.name, "target": spec.tvm,
-                "threads": spec.threads or None,
+                "threads": spec.threads or None, "layout": spec.conv_layout,
                 "tvm_version": tvm.__version__, "input": inputs, "output": outputs,
                 "tasks": len(self.tuned) + len(self.transferred) + len(self.fallback), "tuned": len(self.tuned),
                 "transferred": len(self.transferred), "transferred_from": self.transferred,
@@ -123,30 +123,33 @@ def compile_module(graph, spec: TargetSpec, db, key: Key | None = None,
 
     from tunekit import fallback, frontend
 
-    target = spec.tvm_target()
-    mod, params = frontend.to_relax(graph)
-    prepared = frontend.prepare(mod, target)
-    weights = list(prepared["main"].params)[1:]
-    mod = relax.transform.BindParams("main", dict(zip(weights, params)))(prepared)
-    mod = _fold(mod, target)
-    tasks = set(_primfuncs(mod))
-    if db is not None:
-        with target, db:
-            mod = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
-    tuned = sorted(n for n, f in _primfuncs(mod).items() if n in tasks and f.attrs.get(fallback.IS_SCHEDULED))
-    transferred = {}
-    if transfer and db is not None and key is not None and spec.kind == "llvm":
-        transferred = _transfer(mod, sorted(tasks - set(tuned)), key, target, db)
-    mod = fallback.apply(mod, target)
-    if spec.kind == "llvm":
-        with target:
-            mod = relax.transform.SplitLayoutRewritePreproc()(mod)
+    with interrupts_kept() as stop_if_interrupted:  # a Ctrl-C that TVM swallows still stops the build
+        target = spec.tvm_target()
+        mod, params = frontend.to_relax(graph)
+        prepared = frontend.prepare(mod, target, spec.conv_layout)
+        stop_if_interrupted()
+        weights = list(prepared["main"].params)[1:]
+        mod = relax.transform.BindParams("main", dict(zip(weights, params)))(prepared)
         mod = _fold(mod, target)
-    try:
-        executable = tvm.compile(mod, target=target)
-    except Exception as exc:  # TVM's codegen raises TVMError / RuntimeError subclasses
-        raise BuildError(f"TVM cannot compile for {spec.name}: {str(exc).strip().splitlines()[-1]}") from None
-    return executable, tuned, transferred, sorted(tasks - set(tuned) - set(transferred))
+        tasks = set(_primfuncs(mod))
+        if db is not None:
+            with target, db:
+                mod = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
+        tuned = sorted(n for n, f in _primfuncs(mod).items() if n in tasks and f.attrs.get(fallback.IS_SCHEDULED))
+        transferred = {}
+        if transfer and db is not None and key is not None and spec.kind == "llvm":
+            transferred = _transfer(mod, sorted(tasks - set(tuned)), key, target, db)
+        mod = fallback.apply(mod, target)
+        stop_if_interrupted()
+        if spec.kind == "llvm":
+            with target:
+                mod = relax.transform.SplitLayoutRewritePreproc()(mod)
+            mod = _fold(mod, target)
+        try:
+            executable = tvm.compile(mod, target=target)
+        except Exception as exc:  # TVM's codegen raises TVMError / RuntimeError subclasses
+            raise BuildError(f"TVM cannot compile for {spec.name}: {str(exc).strip().splitlines()[-1]}") from None
+        return executable, tuned, transferred, sorted(tasks - set(tuned) - set(transferred))
 
 
 def _write_manifest(out: Path, entries: list[dict]) -> None:

@@ -1,5 +1,5 @@
 """Small helpers several modules share, each defined once: file names, hashing, atomic JSON, the seeded
-sample input, and sending TVM's native stderr to a log."""
+sample input, sending TVM's native stderr to a log, and keeping a Ctrl-C that TVM swallows."""
 
 from __future__ import annotations
 
@@ -55,3 +55,40 @@ def native_stderr_to(log_path: Path):
         sys.stderr.flush()
         os.dup2(saved, 2)
         os.close(saved)
+
+
+@contextlib.contextmanager
+def interrupts_kept():
+    """A Ctrl-C inside the block raises KeyboardInterrupt as usual, and also at the block's end when TVM
+    swallowed it: one raised inside a Python callback that C++ called (an op's legalisation, say) is caught
+    there, and the pass carries on with a different module (resnet18 built with 21 tasks instead of 20, and
+    exit 0). Yields a check to call between steps, which raises KeyboardInterrupt at once if one came. Only
+    in the main thread, where signal handlers live."""
+    import signal
+    import threading
+
+    hit = []
+
+    def check():
+        if hit:
+            raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():
+        yield check
+        return
+
+    def handler(signum, frame):
+        hit.append(signum)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield check
+    except BaseException:  # an error TVM made of the interrupt is the interrupt
+        if hit:
+            raise KeyboardInterrupt from None
+        raise
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if hit:
+        raise KeyboardInterrupt

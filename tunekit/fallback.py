@@ -6,21 +6,26 @@ thread, no vectors), on GPUs it does not build at all (no thread bindings).
 - GPUs: TVM's dlight default rules.
 - CPUs: MetaSchedule's own design space (the same rules tuning searches),
   with the random decisions replaced by a fixed register-blocking heuristic
-  derived from the target's vector ISA (``VectorISA``): the last spatial loop
-  (W of NCHW, N of a matmul) gets an innermost tile of up to one vector (16
-  fp32 lanes on AVX-512, 8 on AVX2, 4 on SSE), the largest other spatial loop
-  (the output channels) a block of accumulator vectors filling half the
-  register file (16 of AVX-512's 32, 8 of AVX2's 16), reductions an inner tile
-  of up to 8, and an unroll of 64. A 16-lane tile on AVX2 needed 16 accumulators
-  and spilled: untuned resnet18 ran 2.1x slower on Zen 1 than with 8 lanes, and
-  2.05-2.16x slower for haswell code on a Zen 4. On AVX-512, 16 channels instead
-  of 8 made it 1.11x / 1.19x faster at 112 / 224 (same run, Zen 4).
-  ResNet-18 with no records at all, against PyTorch on oneDNN
-  (``tunekit bench --model resnet18 --res 112,224 --backends untuned,onednn
-  --db none.db``, 2 Zen 4 cores): 10.0 vs 10.9 ms at 112, 43.0 vs 28.6 ms at
-  224. Unscheduled it is ~500 ms at 112. If the heuristic's decisions do not
-  verify for a function, the design space's own sample is used; if that fails
-  too, the function is left to the compiler as is.
+  derived from the target's vector ISA (``VectorISA``), then cache blocking.
+  The last spatial loop is the vector (C of NHWC, W of NCHW, N of a matmul);
+  ``reuse_axes`` picks the loop that holds a block of accumulators.
+
+  - NHWC (the CPU default, ``frontend.prepare``): the vectors are weights (output
+    channels). Two vectors of output channels times as many output pixels as the
+    registers hold (2 x 13 on AVX-512's 32, 2 x 5 on AVX2's 16), each image value
+    broadcast to both; the rows go inside the outer reduction tile up to a 64 KB
+    output tile. ResNet-18 with no records (2 rocketlake cores, build's latency):
+    5.6 / 16.6 / 56.5 ms at 112 / 224 / 448, against 9.9 / 27.1 / ~85 ms for NCHW's
+    block below; the channels are always whole vectors, where NCHW's rows of 7, 14,
+    28 and 56 are not.
+  - NCHW: an innermost tile of up to one vector of W (16 fp32 lanes on AVX-512, 8
+    on AVX2), a block of output channels filling half the register file. A
+    16-lane tile on AVX2 needed 16 accumulators and spilled: untuned resnet18 ran
+    2.1x slower on Zen 1 than with 8 lanes.
+
+  Reductions get an inner tile of up to 8, and the unroll is 64. If the
+  heuristic's decisions do not verify for a function, the design space's own
+  sample is used; if that fails too, the function is left to the compiler as is.
 """
 
 from __future__ import annotations
@@ -72,23 +77,34 @@ def _factor(extent: int, cap: int) -> int:
     return max(d for d in range(1, min(extent, cap) + 1) if extent % d == 0)
 
 
-def reuse_axes(mod) -> list[int | None]:
-    """For each reduction block of a one-function module, in order: the spatial axis to hold a block of
-    accumulators along, or None to leave the choice to the extents.
+@dataclass(frozen=True)
+class Blocking:
+    """How a reduction block's register block is laid out: ``axis`` is the spatial axis (other than the
+    vector axis) that holds a block of accumulators, None to leave it to the extents; ``weight_vectors`` says
+    the vector loads are of weights (NHWC: the vector is output channels, the block is output pixels),
+    not of the image (NCHW: the vector is the output row, the block is output channels)."""
 
-    The innermost tile of the last spatial axis (W of NCHW, N of a matmul) is the vector; the operands that
-    axis indexes are loaded as vectors (the image for a convolution, B for a matmul). A block along an axis
-    that does not index them reuses each vector load once per accumulator: the output channels of a
-    convolution, whose extent (64) is smaller than the rows (112) of ResNet's 224 stem, where the largest
-    extent chose the rows and ran at 14 GFLOP/s. None for depthwise convolutions, where every axis indexes
-    the image.
+    axis: int | None
+    weight_vectors: bool = False
+
+
+def reuse_axes(mod) -> list[Blocking]:
+    """For each reduction block of a one-function module, in order, its ``Blocking``.
+
+    The innermost tile of the last spatial axis (W of NCHW, C of NHWC, N of a matmul) is the vector; the
+    operands that axis indexes are loaded as vectors. A block along an axis that does not index them reuses
+    each vector load once per accumulator: the output channels of an NCHW convolution (whose extent, 64, is
+    smaller than the rows, 112, of ResNet's 224 stem, where the largest extent chose the rows and ran at 14
+    GFLOP/s), the output pixels of an NHWC one (W rather than H on a tie: neighbouring pixels read
+    neighbouring inputs). None for depthwise convolutions, where every axis indexes the image. The vector
+    operands are weights when no other spatial axis indexes them.
     """
     import tvm
     from tvm.s_tir import Schedule
 
     undefined_vars = tvm.get_global_func("tirx.analysis.UndefinedVars")
     sch = Schedule(mod)
-    axes = []
+    blockings = []
     for block_rv in sch.get_child_blocks(sch.get_sblock("root")):
         block = sch.get(block_rv)
         if not any(int(iv.iter_type) == 2 for iv in block.iter_vars):
@@ -98,19 +114,30 @@ def reuse_axes(mod) -> list[int | None]:
         vector_loads = [u for u in uses if str(spatial[-1].var) in u]
         free = [k for k, iv in enumerate(spatial[:-1])
                 if int(iv.dom.extent) > 1 and not any(str(iv.var) in u for u in vector_loads)]
-        axes.append(max(free, key=lambda k: int(spatial[k].dom.extent)) if free else None)
-    return axes
+        axis = max(free, key=lambda k: (int(spatial[k].dom.extent), k)) if free else None
+        others = {str(iv.var) for iv in spatial[:-1] if int(iv.dom.extent) > 1}
+        blockings.append(Blocking(axis, bool(vector_loads) and not any(u & others for u in vector_loads)))
+    return blockings
 
 
 def heuristic_decisions(trace, isa: VectorISA = VectorISA("avx512", 16, 32),
-                        axes: list[int | None] | None = None) -> dict:
+                        blockings: list[Blocking] | None = None) -> dict:
     """Decisions for a CPU multi-level-tiling trace (SSRSRS) on ``isa``: instruction -> decision.
 
     Tile samples come per block as the spatial loops (4 levels each) followed by
     the reduction loops (2 levels each); extents are read from the sampled
-    decisions, whose product is the loop extent. ``axes`` (``reuse_axes``, one per
-    block) names the spatial loop that gets the block of accumulators; without
-    it, or where it is None, the largest spatial loop but the last gets it.
+    decisions, whose product is the loop extent. ``blockings`` (``reuse_axes``, one
+    per block) names the spatial loop that gets the block of accumulators; without
+    it, or where its axis is None, the largest spatial loop but the last gets it.
+
+    With weight vectors (NHWC), the register block is two vectors of output channels
+    times as many output pixels as the registers left hold (2 x 13 on AVX-512), the
+    weights' vectors reused across the pixels and each image value broadcast to both,
+    as the libraries' direct-convolution kernels do; and the other spatial loops (the
+    rows) go inside the outer reduction tile until the output tile reaches 64 KB, so
+    a chunk of weights is reused across the rows while it is in cache (layer4 of
+    ResNet at 224, 7x7 pixels of 512 channels, ran 2.5x slower streaming its 9.4 MB of
+    weights once per row).
     """
     decisions = {}
     groups: list[list] = []
@@ -121,9 +148,9 @@ def heuristic_decisions(trace, isa: VectorISA = VectorISA("avx512", 16, 32),
         if not groups or (levels == 4 and int(groups[-1][-1].attrs[0]) == 2):
             groups.append([])
         groups[-1].append(inst)
-    if axes is None or len(axes) != len(groups):
-        axes = [None] * len(groups)
-    for group, axis in zip(groups, axes):
+    if blockings is None or len(blockings) != len(groups):
+        blockings = [Blocking(None)] * len(groups)
+    for group, blocking in zip(groups, blockings):
         spatial = [i for i in group if int(i.attrs[0]) == 4]
         reduction = [i for i in group if int(i.attrs[0]) == 2]
         extents = [math.prod(int(x) for x in trace.decisions[i]) for i in spatial]
@@ -131,18 +158,27 @@ def heuristic_decisions(trace, isa: VectorISA = VectorISA("avx512", 16, 32),
             continue
         last = len(spatial) - 1
         inner = [k for k in range(last) if extents[k] > 1]
-        channels = axis if axis in inner else max(inner, key=lambda k: extents[k]) if inner else None
+        channels = blocking.axis if blocking.axis in inner else max(inner, key=lambda k: extents[k]) if inner else None
+        lanes = _factor(extents[last], isa.lanes)
+        wide = blocking.weight_vectors and lanes == isa.lanes and extents[last] % (2 * lanes) == 0
+        vectors = 2 if wide else 1
         for k, inst in enumerate(spatial):
             extent = extents[k]
             if k == last:
-                lanes = _factor(extent, isa.lanes)
-                decisions[inst] = [extent // lanes, 1, 1, lanes]
+                decisions[inst] = [extent // (lanes * vectors), 1, 1, lanes * vectors]
             elif k == channels:
-                block = _factor(extent, isa.channel_block)
+                block = _factor(extent, (isa.registers - 3 * vectors) // vectors if wide else isa.channel_block)
                 outer = _factor(extent // block, 2)
                 decisions[inst] = [extent // (block * outer), 1, outer, block]
             else:
                 decisions[inst] = [extent, 1, 1, 1]
+        if wide:  # cache blocking: rows inside the outer reduction tile, up to a 64 KB output tile
+            tile = math.prod(decisions[inst][2] * decisions[inst][3] for inst in spatial)
+            for k, inst in enumerate(spatial):
+                if k not in (last, channels) and extents[k] > 1:
+                    rows = _factor(extents[k], max(1, 64 * 1024 // (4 * tile)))
+                    decisions[inst] = [extents[k] // rows, 1, rows, 1]
+                    tile *= rows
         for inst in reduction:
             extent = math.prod(int(x) for x in trace.decisions[inst])
             inner = _factor(extent, 8) if extent > 8 else extent

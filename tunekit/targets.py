@@ -9,6 +9,15 @@ from pathlib import Path
 
 from tunekit.errors import SpecError
 
+LAYOUTS = ("NHWC", "NCHW")  # the convolution layouts frontend.prepare converts to
+
+
+def default_layout(kind: str) -> str:
+    """NHWC on CPUs (vectors along the output channels; measured in fallback.heuristic_decisions), NCHW
+    elsewhere (dlight's GPU rules)."""
+    return "NHWC" if kind == "llvm" else "NCHW"
+
+
 def bundled_dir() -> Path:
     """The preset files shipped with tunekit: targets/ of the source tree, ``tunekit.presets`` when installed."""
     installed = Path(__file__).resolve().parent / "presets"
@@ -28,7 +37,8 @@ class TargetSpec:
 
     ``threads`` is how many threads tuned and library code run with (half the
     hardware threads on SMT CPUs, as in the paper); ``peak_gflops`` is fp32 peak,
-    None when unknown.
+    None when unknown; ``layout`` the convolution layout tune and build prepare
+    the model in ("" for ``default_layout``).
     """
 
     name: str
@@ -38,10 +48,17 @@ class TargetSpec:
     threads: int = 0
     peak_gflops: float | None = None
     notes: str = ""
+    layout: str = ""
 
     def __post_init__(self):
         if not isinstance(self.tvm, dict) or "kind" not in self.tvm:
             raise SpecError(f"target {self.name!r}: 'tvm' must be a TVM target dict with a 'kind'")
+        if self.layout and self.layout not in LAYOUTS:
+            raise SpecError(f"target {self.name!r}: layout {self.layout!r} is not one of {', '.join(LAYOUTS)}")
+
+    @property
+    def conv_layout(self) -> str:
+        return self.layout or default_layout(self.kind)
 
     @property
     def kind(self) -> str:
@@ -145,7 +162,7 @@ def _from_file(path: Path) -> TargetSpec:
     if not isinstance(data, dict) or not isinstance(data.get("tvm"), dict):
         raise SpecError(f"target file {path}: needs a \"tvm\" key holding a TVM target dict, e.g. "
                         '{"name": "mybox", "tvm": {"kind": "llvm", "mcpu": "znver4", "num-cores": 8}, "threads": 8}')
-    known = {k: data[k] for k in ("name", "tvm", "description", "cores", "threads", "peak_gflops", "notes")
+    known = {k: data[k] for k in ("name", "tvm", "description", "cores", "threads", "peak_gflops", "notes", "layout")
              if k in data}
     known.setdefault("name", path.stem)
     for field in ("cores", "threads"):
