@@ -706,8 +706,8 @@ def scale_model_train(bundle_dir, data, out, labels, side, epochs, width, val_fr
     from tunekit import evaluate as evaluating
     from tunekit import scale_training
 
-    items = evaluating.read_folder(data, labels)[1]
-    with click.progressbar(length=len(items), label="oracle labels", file=sys.stderr) as bar:
+    folder = evaluating.read_folder(data, labels)
+    with click.progressbar(length=len(folder[1]), label="oracle labels", file=sys.stderr) as bar:
         def on_epoch(epoch, loss, routed):
             if epoch == 1:
                 bar.render_finish()
@@ -715,7 +715,7 @@ def scale_model_train(bundle_dir, data, out, labels, side, epochs, width, val_fr
             click.echo(f"epoch {epoch}/{epochs}: loss {loss:.4f}{held}", err=True)
 
         trained = scale_training.train(bundle_dir, data, out, side, epochs, width, val_fraction, seed, model,
-                                       labels, on_image=lambda: bar.update(1), on_epoch=on_epoch)
+                                       labels, on_image=lambda: bar.update(1), on_epoch=on_epoch, folder=folder)
     click.echo("labels (smallest resolution the backbone gets right): "
                + ", ".join(f"{k}: {v}" for k, v in trained.label_counts.items()))
     if trained.routed:

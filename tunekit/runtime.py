@@ -303,17 +303,18 @@ class Bundle:
             raise ArtifactError(f"threshold must be a probability in (0, 1], got {threshold}")
         if (scale_model is not None) != (policy == "scale"):
             raise ArtifactError("scale_model= goes with policy='scale', and policy='scale' needs it")
-        if policy == "scale" and isinstance(scale_model, (str, Path)):
-            from tunekit.scale import ScaleModel
+        if policy == "scale":
+            if isinstance(scale_model, (str, Path)):
+                from tunekit.scale import ScaleModel
 
-            scale_model = ScaleModel(scale_model)
-        if policy == "scale" and scale_model.outputs != len(self.artifacts):
-            raise ArtifactError(f"the scale model gives {scale_model.outputs} scores; the bundle has "
-                                f"{len(self.artifacts)} resolutions")
-        if policy == "scale" and scale_model.resolutions not in (None, [list(r) for r in self.resolutions]):
-            sides = ", ".join(f"{h}x{w}" for h, w in scale_model.resolutions)
-            raise ArtifactError(f"the scale model was trained for a bundle at {sides}; this one is at "
-                                f"{', '.join(f'{h}x{w}' for h, w in self.resolutions)}")
+                scale_model = ScaleModel(scale_model)
+            if scale_model.outputs != len(self.artifacts):
+                raise ArtifactError(f"the scale model gives {scale_model.outputs} scores; the bundle has "
+                                    f"{len(self.artifacts)} resolutions")
+            if scale_model.resolutions not in (None, [list(r) for r in self.resolutions]):
+                sides = ", ".join(f"{h}x{w}" for h, w in scale_model.resolutions)
+                raise ArtifactError(f"the scale model was trained for a bundle at {sides}; this one is at "
+                                    f"{', '.join(f'{h}x{w}' for h, w in self.resolutions)}")
         self.scale_model = scale_model
         self.fixed = self._within_budget(budget_ms) if policy == "budget" else None
 

@@ -88,11 +88,12 @@ def oracle_labels(directory: str | Path, items: list[tuple[Path, int]], model: s
 def train(directory: str | Path, data: str | Path, out: str | Path, side: int | None = None, epochs: int = 30,
           width: int = 16, val_fraction: float = 0.2, seed: int = 0, model: str | None = None,
           labels: str | Path | None = None, on_image: Callable[[], None] | None = None,
-          on_epoch: Callable[[int, float, dict | None], None] | None = None) -> Trained:
+          on_epoch: Callable[[int, float, dict | None], None] | None = None, folder: tuple | None = None) -> Trained:
     """Label ``data`` with the bundle's oracle, train the scale model on it at ``side`` px (default: the
     bundle's smallest side) and write it to ``out`` as ONNX. ``on_image`` is called after each image is
     labelled, ``on_epoch(epoch, loss, routed)`` after each epoch (``routed``: accuracy and backbone mean ms
-    of its routing on the held-out images).
+    of its routing on the held-out images). ``folder`` is ``read_folder(data, labels)`` when the caller has
+    read it already.
 
     The labels are noisy: a backbone right by luck at a low resolution labels an image that the scale
     model cannot tell from others that need a high one, and a small network memorises such labels.
@@ -107,7 +108,7 @@ def train(directory: str | Path, data: str | Path, out: str | Path, side: int | 
         raise SpecError(f"--val-fraction {val_fraction}: expected 0 <= fraction < 1")
     if Path(out).suffix != ".onnx":
         raise SpecError(f"--out {out}: name a .onnx file")
-    _, items = read_folder(data, labels)
+    _, items = folder or read_folder(data, labels)
     resolutions, targets, images, right, ms = oracle_labels(directory, items, model, on_image)
     side = side or min(min(r) for r in resolutions)
     x = torch.from_numpy(np.concatenate([resize_and_crop(image, side, side) for image in images]))
