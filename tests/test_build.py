@@ -298,7 +298,7 @@ def test_default_schedules_follow_the_vector_isa(layout):
         for conv in convs:
             spaces, _ = fallback.design_spaces(conv.mod, target, conv.name)
             blockings = fallback.reuse_axes(conv.mod)
-            assert [b.weight_vectors for b in blockings] == [layout == "NHWC"]
+            assert [b.weight_vectors for b in blockings.values()] == [layout == "NHWC"]
             decisions = fallback.heuristic_decisions(spaces[0].trace, isas[mcpu], blockings)
             tiles = [d for inst, d in decisions.items() if inst.kind.name == "SamplePerfectTile" and len(d) == 4]
             vector = tiles[-1][-1]  # the innermost tile of the last spatial loop: C of NHWC, W of NCHW

@@ -48,7 +48,7 @@ def test_records_land(tuned_db):
     path, output = tuned_db
     # NHWC: 3 convs, the mean and the fc searched; the input's transpose and the output's reshape not
     assert "7 tasks over 1 resolution(s) -> 7 unique (5 to search, 2 with one schedule)" in output
-    assert "6 weight-only tasks" in output  # NHWC: the weights' transposes to HWIO, among others
+    assert "8 weight-only tasks" in output  # NHWC: the weights' transposes to HWIO, Winograd's kernel transforms
     assert "0 trials reused from the database, 12 new" in output
     assert _records(path) == 12  # 5 searched tasks x 2 + 2 single-schedule tasks (NHWC's transposes) x 1
     (row,) = database.tuned_summary(path)

@@ -127,7 +127,8 @@ def plan(job: Job, trials: int | None = None, trials_per_task: int | None = None
     db = job.open_database(create=True)
     with native_stderr_to(job.db_path.with_suffix(".log")):
         return tuning.plan(db, job.spec.tvm_target(), job.keys, job.graph, trials, trials_per_task,
-                           transfer=transfer, anchors=anchors, layout=job.spec.conv_layout)
+                           transfer=transfer, anchors=anchors, layout=job.spec.conv_layout,
+                           winograd=job.spec.conv_winograd)
 
 
 def tune(job: Job, trials: int | None = None, trials_per_task: int | None = None, transfer: bool = True,

@@ -69,6 +69,7 @@ class Built:
         return {"file": file.name, "model": self.key.model, "resolution": [self.key.height, self.key.width],
                 "batch": self.key.batch, "target_name": spec.name, "target": spec.tvm,
                 "threads": spec.threads or None, "layout": spec.conv_layout,
+                "winograd": spec.conv_winograd,
                 "tvm_version": tvm.__version__, "input": inputs, "output": outputs,
                 "tasks": len(self.tuned) + len(self.transferred) + len(self.fallback), "tuned": len(self.tuned),
                 "transferred": len(self.transferred), "transferred_from": self.transferred,
@@ -126,7 +127,7 @@ def compile_module(graph, spec: TargetSpec, db, key: Key | None = None,
     with interrupts_kept() as stop_if_interrupted:  # a Ctrl-C that TVM swallows still stops the build
         target = spec.tvm_target()
         mod, params = frontend.to_relax(graph)
-        prepared = frontend.prepare(mod, target, spec.conv_layout)
+        prepared = frontend.prepare(mod, target, spec.conv_layout, spec.conv_winograd)
         stop_if_interrupted()
         weights = list(prepared["main"].params)[1:]
         mod = relax.transform.BindParams("main", dict(zip(weights, params)))(prepared)

@@ -86,10 +86,11 @@ class Blocking:
 
     axis: int | None
     weight_vectors: bool = False
+    batch: tuple[int, ...] = ()  # spatial axes that index every operand (Winograd's (m+2)^2 products)
 
 
-def reuse_axes(mod) -> list[Blocking]:
-    """For each reduction block of a one-function module, in order, its ``Blocking``.
+def reuse_axes(mod) -> dict[str, Blocking]:
+    """For each multi-level-tiled reduction block of a one-function module, by name, its ``Blocking``.
 
     The innermost tile of the last spatial axis (W of NCHW, C of NHWC, N of a matmul) is the vector; the
     operands that axis indexes are loaded as vectors. A block along an axis that does not index them reuses
@@ -97,17 +98,19 @@ def reuse_axes(mod) -> list[Blocking]:
     smaller than the rows, 112, of ResNet's 224 stem, where the largest extent chose the rows and ran at 14
     GFLOP/s), the output pixels of an NHWC one (W rather than H on a tie: neighbouring pixels read
     neighbouring inputs). None for depthwise convolutions, where every axis indexes the image. The vector
-    operands are weights when no other spatial axis indexes them.
+    operands are weights when no other spatial axis indexes them, batch axes aside (those that index every
+    operand: the (m+2)^2 products of a Winograd convolution). Blocks with a custom schedule rule (Winograd's
+    transforms) are not multi-level tiled and are left out.
     """
     import tvm
     from tvm.s_tir import Schedule
 
     undefined_vars = tvm.get_global_func("tirx.analysis.UndefinedVars")
     sch = Schedule(mod)
-    blockings = []
+    blockings = {}
     for block_rv in sch.get_child_blocks(sch.get_sblock("root")):
         block = sch.get(block_rv)
-        if not any(int(iv.iter_type) == 2 for iv in block.iter_vars):
+        if not any(int(iv.iter_type) == 2 for iv in block.iter_vars) or "schedule_rule" in block.annotations:
             continue
         spatial = [iv for iv in block.iter_vars if int(iv.iter_type) == 0]
         uses = [{str(v) for rg in r.region for v in undefined_vars(rg.min, [])} for r in block.reads]
@@ -115,20 +118,46 @@ def reuse_axes(mod) -> list[Blocking]:
         free = [k for k, iv in enumerate(spatial[:-1])
                 if int(iv.dom.extent) > 1 and not any(str(iv.var) in u for u in vector_loads)]
         axis = max(free, key=lambda k: (int(spatial[k].dom.extent), k)) if free else None
-        others = {str(iv.var) for iv in spatial[:-1] if int(iv.dom.extent) > 1}
-        blockings.append(Blocking(axis, bool(vector_loads) and not any(u & others for u in vector_loads)))
+        batch = tuple(k for k, iv in enumerate(spatial[:-1])
+                      if int(iv.dom.extent) > 1 and all(str(iv.var) in u for u in uses))
+        others = {str(iv.var) for k, iv in enumerate(spatial[:-1]) if int(iv.dom.extent) > 1 and k not in batch}
+        blockings[block.name_hint] = Blocking(axis, bool(vector_loads) and not any(u & others for u in vector_loads),
+                                              batch)
     return blockings
 
 
+def _tile_samples(trace) -> dict[str, list]:
+    """The trace's SamplePerfectTile instructions grouped by the block whose loop each splits, in order."""
+    producer = {}
+    for inst in trace.insts:
+        for rv in inst.outputs:
+            producer[rv] = inst
+
+    def block_of(rv):
+        inst = producer.get(rv)
+        while inst is not None and inst.kind.name != "GetSBlock":
+            inst = producer.get(inst.inputs[0]) if inst.inputs else None
+        return str(inst.attrs[0]) if inst is not None else ""
+
+    groups: dict[str, list] = {}
+    for inst in trace.insts:
+        if inst.kind.name == "SamplePerfectTile":
+            groups.setdefault(block_of(inst.inputs[0]), []).append(inst)
+    return groups
+
+
 def heuristic_decisions(trace, isa: VectorISA = VectorISA("avx512", 16, 32),
-                        blockings: list[Blocking] | None = None) -> dict:
+                        blockings: dict[str, Blocking] | None = None) -> dict:
     """Decisions for a CPU multi-level-tiling trace (SSRSRS) on ``isa``: instruction -> decision.
 
     Tile samples come per block as the spatial loops (4 levels each) followed by
     the reduction loops (2 levels each); extents are read from the sampled
-    decisions, whose product is the loop extent. ``blockings`` (``reuse_axes``, one
-    per block) names the spatial loop that gets the block of accumulators; without
+    decisions, whose product is the loop extent. ``blockings`` (``reuse_axes``, by
+    block name) names the spatial loop that gets the block of accumulators; without
     it, or where its axis is None, the largest spatial loop but the last gets it.
+    Blocks split by custom rules only (no 4-level tiles: Winograd's transforms) get
+    their loops unsplit (sampled splits could fail post-processing as dynamic loops;
+    the split hardly matters: 470-600 us for any of them on ResNet's 56x56x64 3x3).
 
     With weight vectors (NHWC), the register block is two vectors of output channels
     times as many output pixels as the registers left hold (2 x 13 on AVX-512), the
@@ -137,24 +166,18 @@ def heuristic_decisions(trace, isa: VectorISA = VectorISA("avx512", 16, 32),
     rows) go inside the outer reduction tile until the output tile reaches 64 KB, so
     a chunk of weights is reused across the rows while it is in cache (layer4 of
     ResNet at 224, 7x7 pixels of 512 channels, ran 2.5x slower streaming its 9.4 MB of
-    weights once per row).
+    weights once per row). Batch axes stay outermost: each of Winograd's products then
+    reuses its slab of weights across all the tiles.
     """
     decisions = {}
-    groups: list[list] = []
-    for inst in trace.insts:
-        if inst.kind.name != "SamplePerfectTile":
-            continue
-        levels = int(inst.attrs[0])
-        if not groups or (levels == 4 and int(groups[-1][-1].attrs[0]) == 2):
-            groups.append([])
-        groups[-1].append(inst)
-    if blockings is None or len(blockings) != len(groups):
-        blockings = [Blocking(None)] * len(groups)
-    for group, blocking in zip(groups, blockings):
+    for name, group in _tile_samples(trace).items():
+        blocking = (blockings or {}).get(name, Blocking(None))
         spatial = [i for i in group if int(i.attrs[0]) == 4]
         reduction = [i for i in group if int(i.attrs[0]) == 2]
         extents = [math.prod(int(x) for x in trace.decisions[i]) for i in spatial]
-        if not spatial:
+        if not spatial:  # a custom rule's splits (Winograd's transforms): the loops whole, unsplit
+            for inst in group:
+                decisions[inst] = [math.prod(int(x) for x in trace.decisions[inst]), 1]
             continue
         last = len(spatial) - 1
         inner = [k for k in range(last) if extents[k] > 1]
@@ -175,7 +198,7 @@ def heuristic_decisions(trace, isa: VectorISA = VectorISA("avx512", 16, 32),
         if wide:  # cache blocking: rows inside the outer reduction tile, up to a 64 KB output tile
             tile = math.prod(decisions[inst][2] * decisions[inst][3] for inst in spatial)
             for k, inst in enumerate(spatial):
-                if k not in (last, channels) and extents[k] > 1:
+                if k not in (last, channels, *blocking.batch) and extents[k] > 1:
                     rows = _factor(extents[k], max(1, 64 * 1024 // (4 * tile)))
                     decisions[inst] = [extents[k] // rows, 1, rows, 1]
                     tile *= rows

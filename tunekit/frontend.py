@@ -55,9 +55,11 @@ def to_relax(graph: onnx.ModelProto):
     return mod, list(params.get("main", []))
 
 
-def prepare(mod, target, layout: str | None = None):
+def prepare(mod, target, layout: str | None = None, winograd: bool | None = None):
     """The preparation shared by tune and build: convert convolutions to ``layout`` (default
-    ``targets.default_layout``: NHWC on CPUs), legalise to TIR, fuse, mark weights layout-free.
+    ``targets.default_layout``: NHWC on CPUs), legalise to TIR (3x3 stride-1 NHWC convolutions as
+    Winograd with ``winograd``, default: in NHWC on CPUs; see ``tunekit.winograd``), fuse, mark
+    weights layout-free.
 
     NHWC (weights HWIO) puts the output channels innermost, so CPU schedules vectorise along them
     (always a multiple of 16) instead of along the image width (7, 14, 28, 56 in ResNet: partial
@@ -69,16 +71,17 @@ def prepare(mod, target, layout: str | None = None):
     from tvm import relax
     from tvm.relax import transform as T
 
-    from tunekit.targets import LAYOUTS, default_layout
+    from tunekit import winograd as wino
+    from tunekit.targets import check_conv, default_layout, default_winograd
 
     layout = layout or default_layout(target.kind.name)
-    if layout not in LAYOUTS:
-        from tunekit.errors import SpecError
-
-        raise SpecError(f"layout {layout!r}: choose one of {', '.join(LAYOUTS)}")
+    winograd = default_winograd(target.kind.name, layout) if winograd is None else winograd
+    check_conv(layout, winograd)
     passes = [T.DecomposeOpsForInference(), T.CanonicalizeBindings()]
     if layout == "NHWC":
         passes.append(T.ConvertLayout({"relax.nn.conv2d": ["NHWC", "HWIO"]}))
+    if winograd:
+        passes.append(T.LegalizeOps(customize_legalize_map={"relax.nn.conv2d": wino.legalize}))
     passes.append(relax.pipeline.zero_pipeline())
     if target.kind.name == "llvm":
         passes.append(T.AttachAttrLayoutFreeBuffers())

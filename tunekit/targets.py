@@ -18,6 +18,19 @@ def default_layout(kind: str) -> str:
     return "NHWC" if kind == "llvm" else "NCHW"
 
 
+def default_winograd(kind: str, layout: str) -> bool:
+    """Winograd for 3x3 stride-1 convolutions (``tunekit.winograd``) where it is implemented: NHWC on CPUs."""
+    return kind == "llvm" and layout == "NHWC"
+
+
+def check_conv(layout: str, winograd: bool) -> None:
+    """Raise SpecError for a convolution layout frontend.prepare does not know, or Winograd outside NHWC."""
+    if layout not in LAYOUTS:
+        raise SpecError(f"layout {layout!r} is not one of {', '.join(LAYOUTS)}")
+    if winograd and layout != "NHWC":
+        raise SpecError(f"winograd needs the NHWC layout, not {layout}")
+
+
 def bundled_dir() -> Path:
     """The preset files shipped with tunekit: targets/ of the source tree, ``tunekit.presets`` when installed."""
     installed = Path(__file__).resolve().parent / "presets"
@@ -38,7 +51,8 @@ class TargetSpec:
     ``threads`` is how many threads tuned and library code run with (half the
     hardware threads on SMT CPUs, as in the paper); ``peak_gflops`` is fp32 peak,
     None when unknown; ``layout`` the convolution layout tune and build prepare
-    the model in ("" for ``default_layout``).
+    the model in ("" for ``default_layout``); ``winograd`` whether its 3x3 stride-1
+    convolutions run as Winograd (None for ``default_winograd``).
     """
 
     name: str
@@ -49,16 +63,25 @@ class TargetSpec:
     peak_gflops: float | None = None
     notes: str = ""
     layout: str = ""
+    winograd: bool | None = None
 
     def __post_init__(self):
         if not isinstance(self.tvm, dict) or "kind" not in self.tvm:
             raise SpecError(f"target {self.name!r}: 'tvm' must be a TVM target dict with a 'kind'")
-        if self.layout and self.layout not in LAYOUTS:
-            raise SpecError(f"target {self.name!r}: layout {self.layout!r} is not one of {', '.join(LAYOUTS)}")
+        if self.winograd not in (None, True, False):
+            raise SpecError(f"target {self.name!r}: winograd must be true or false, not {self.winograd!r}")
+        try:
+            check_conv(self.conv_layout, self.conv_winograd)
+        except SpecError as exc:
+            raise SpecError(f"target {self.name!r}: {exc}") from None
 
     @property
     def conv_layout(self) -> str:
         return self.layout or default_layout(self.kind)
+
+    @property
+    def conv_winograd(self) -> bool:
+        return default_winograd(self.kind, self.conv_layout) if self.winograd is None else self.winograd
 
     @property
     def kind(self) -> str:
@@ -162,7 +185,8 @@ def _from_file(path: Path) -> TargetSpec:
     if not isinstance(data, dict) or not isinstance(data.get("tvm"), dict):
         raise SpecError(f"target file {path}: needs a \"tvm\" key holding a TVM target dict, e.g. "
                         '{"name": "mybox", "tvm": {"kind": "llvm", "mcpu": "znver4", "num-cores": 8}, "threads": 8}')
-    known = {k: data[k] for k in ("name", "tvm", "description", "cores", "threads", "peak_gflops", "notes", "layout")
+    known = {k: data[k] for k in ("name", "tvm", "description", "cores", "threads", "peak_gflops", "notes", "layout",
+                                         "winograd")
              if k in data}
     known.setdefault("name", path.stem)
     for field in ("cores", "threads"):

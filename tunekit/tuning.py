@@ -118,7 +118,7 @@ def default_anchor(sides: list[int]) -> int:
 
 def plan(db, target, keys: list[Key], graph_of: Callable[[Key], object], trials: int | None,
          trials_per_task: int | None, transfer: bool = True, anchors: list[int] | None = None,
-         layout: str | None = None) -> Plan:
+         layout: str | None = None, winograd: bool | None = None) -> Plan:
     """Extract tasks for every key, deduplicate them, and give each its budget.
 
     ``trials`` is the total budget for this sweep, split over the unique
@@ -140,7 +140,7 @@ def plan(db, target, keys: list[Key], graph_of: Callable[[Key], object], trials:
     per_resolution, weight_only = {}, {}
     for key in keys:
         mod, _ = frontend.to_relax(graph_of(key))
-        prepared = frontend.prepare(mod, target, layout)
+        prepared = frontend.prepare(mod, target, layout, winograd)
         tasks, lifted = frontend.runtime_tasks(prepared, target)
         per_resolution[key.height] = len(tasks)
         weight_only[key.height] = lifted
