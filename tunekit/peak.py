@@ -8,7 +8,9 @@ AVX-512 where the CPU has it) or, without ONNX Runtime, torch.mm (whose MKL
 runs AVX2 code on AMD CPUs: a lower bound there). It runs in a fresh process,
 away from any thread pool of the caller. The cache is
 ``$XDG_CACHE_HOME/tunekit/peak.json`` (``~/.cache`` by default), keyed by CPU
-model, LLVM mcpu, threads and method.
+model, LLVM mcpu, threads and boot: a VM of the same CPU model can be another machine
+after a reboot (one measured 345 GFLOP/s, the next 386 under the same name), so a peak
+is measured again once per boot.
 """
 
 from __future__ import annotations
@@ -71,6 +73,7 @@ def measured_peak(threads: int, refresh: bool = False) -> dict:
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
+    import psutil
     from tvm.target import codegen
 
     from tunekit.targets import cpu_info
@@ -81,7 +84,7 @@ def measured_peak(threads: int, refresh: bool = False) -> dict:
         cache = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         cache = {}
-    key = f"{cpu}|{mcpu}|{threads}"
+    key = f"{cpu}|{mcpu}|{threads}|boot {int(psutil.boot_time())}"
     if not refresh and key in cache:
         return cache[key]
     runs = []
@@ -90,6 +93,7 @@ def measured_peak(threads: int, refresh: bool = False) -> dict:
             runs.append(pool.submit(_matmul_gflops, threads).result())
     gflops, how = max(runs)
     how += ", best of 3 processes"
+    cache = {k: v for k, v in cache.items() if not k.startswith(f"{cpu}|{mcpu}|{threads}|")}  # earlier boots
     cache[key] = {"gflops": round(gflops, 1), "how": how, "cpu": cpu, "mcpu": mcpu,
                   "measured": time.strftime("%Y-%m-%d")}
     try:
