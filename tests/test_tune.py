@@ -3,6 +3,7 @@ crash safety, concurrent writers, target isolation, export to stock TVM."""
 
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -249,13 +250,15 @@ def test_a_target_in_nchw_tunes_and_builds_in_nchw(cli, tmp_path):
     assert result.exit_code == 0, result.output
     (entry,) = json.loads((tmp_path / "b" / "manifest.json").read_text())["artifacts"]
     assert entry["layout"] == "NHWC" and sum("conv2d" in t for t in entry["fallback_tasks"]) == 3
+    # tuning the NHWC preparation into the same database: its summary counts its own 7 tasks, not both layouts'
+    result = cli("tune", "--model", "tinyconv", "--res", "32", "--trials-per-task", 1, "--db", db)
+    assert result.exit_code == 0, result.output
+    assert re.search(r"32x32\s*│\s*7/7\s*│", result.output), result.output
 
 
 def test_progress_stays_within_the_plan_and_best_candidates_are_remeasured(tuned_db):
     """Seeding measurements come out of the budget (no 'trials 81/71'), every searched task's best
     candidates are measured again, and records say how many threads measured them."""
-    import re
-
     from tunekit.targets import default_threads
 
     path, output = tuned_db

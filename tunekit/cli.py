@@ -335,7 +335,8 @@ def tune(model, onnx_file, res, target, trials, trials_per_task, batch, weights,
         click.echo("  " + shlex.join(["tunekit", *sys.argv[1:]]), err=True)
         sys.exit(130)
     _print_summary(job.db_path, job.name, job.sides, batch,
-                   database.short_target(database.target_key(job.spec.tvm_target())))
+                   database.short_target(database.target_key(job.spec.tvm_target())),
+                   {t.wid for t in plan.tasks})
 
 
 def _print_plan(plan, resolutions: int) -> None:
@@ -729,10 +730,10 @@ def scale_model_train(bundle_dir, data, out, labels, side, epochs, width, val_fr
     click.echo(f"scale model ({trained.side}x{trained.side} input) -> {trained.path}")
 
 
-def _print_summary(path, model, sides, batch, target_label):
+def _print_summary(path, model, sides, batch, target_label, workloads: set[int]):
     from tunekit import database
 
-    rows = [r for r in database.tuned_summary(path)
+    rows = [r for r in database.tuned_summary(path, workloads)
             if r["model"] == model and r["resolution"] in sides and r["batch"] == batch
             and r["target"] == target_label and r["tvm_version"] == database.tvm_version()]
     _table("tuned (estimated latency = sum of best kernel times)",

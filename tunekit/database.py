@@ -170,15 +170,18 @@ def short_target(key: str) -> str:
     return "/".join(parts)
 
 
-def tuned_summary(path: str | Path) -> list[dict]:
+def tuned_summary(path: str | Path, workloads: set[int] | None = None) -> list[dict]:
     """One row per (model, resolution, batch, target, TVM version) the database knows.
 
     ``est_ms`` is the sum over the model's tasks of (calls x best measured time):
     MetaSchedule's own estimate of end-to-end latency, without the time between
-    kernels; None until every task has a successful record.
+    kernels; None until every task has a successful record. ``workloads`` keeps only
+    those tasks (one preparation's: a database can hold a model's tasks in several
+    layouts, with and without Winograd, and would otherwise sum them all).
     """
     conn = connect(path, readonly=True)
-    rows = conn.execute("""
+    only = f"WHERE t.workload_id IN ({','.join(str(int(w)) for w in workloads)})" if workloads is not None else ""
+    rows = conn.execute(f"""
         SELECT t.model, t.resolution, t.batch, t.target, t.tvm_version, COUNT(*),
                SUM(r.best IS NOT NULL), COALESCE(SUM(r.n), 0), SUM(t.weight * r.best),
                COALESCE(SUM(r.transferred), 0)
@@ -187,6 +190,7 @@ def tuned_summary(path: str | Path) -> list[dict]:
                    SUM(source = 'transfer') AS transferred
             FROM records GROUP BY workload_id, target, tvm_version) r
           ON r.workload_id = t.workload_id AND r.target = t.target AND r.tvm_version = t.tvm_version
+        {only}
         GROUP BY t.model, t.resolution, t.batch, t.target, t.tvm_version
         ORDER BY t.model, t.target, t.batch, t.resolution""").fetchall()
     conn.close()
