@@ -84,7 +84,8 @@ def measured_peak(threads: int, refresh: bool = False) -> dict:
         cache = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         cache = {}
-    key = f"{cpu}|{mcpu}|{threads}|boot {int(psutil.boot_time())}"
+    host = f"{cpu}|{mcpu}|{threads}|"
+    key = f"{host}boot {int(psutil.boot_time())}"
     if not refresh and key in cache:
         return cache[key]
     runs = []
@@ -93,7 +94,7 @@ def measured_peak(threads: int, refresh: bool = False) -> dict:
             runs.append(pool.submit(_matmul_gflops, threads).result())
     gflops, how = max(runs)
     how += ", best of 3 processes"
-    cache = {k: v for k, v in cache.items() if not k.startswith(f"{cpu}|{mcpu}|{threads}|")}  # earlier boots
+    cache = {k: v for k, v in cache.items() if not k.startswith(host)}  # this host's earlier boots
     cache[key] = {"gflops": round(gflops, 1), "how": how, "cpu": cpu, "mcpu": mcpu,
                   "measured": time.strftime("%Y-%m-%d")}
     try:

@@ -185,9 +185,8 @@ def _from_file(path: Path) -> TargetSpec:
     if not isinstance(data, dict) or not isinstance(data.get("tvm"), dict):
         raise SpecError(f"target file {path}: needs a \"tvm\" key holding a TVM target dict, e.g. "
                         '{"name": "mybox", "tvm": {"kind": "llvm", "mcpu": "znver4", "num-cores": 8}, "threads": 8}')
-    known = {k: data[k] for k in ("name", "tvm", "description", "cores", "threads", "peak_gflops", "notes", "layout",
-                                         "winograd")
-             if k in data}
+    keys = ("name", "tvm", "description", "cores", "threads", "peak_gflops", "notes", "layout", "winograd")
+    known = {k: data[k] for k in keys if k in data}
     known.setdefault("name", path.stem)
     for field in ("cores", "threads"):
         if not isinstance(known.get(field, 0), int) or known.get(field, 0) < 0:
