@@ -316,6 +316,30 @@ def test_default_schedules_follow_the_vector_isa(layout):
     assert (isas["znver4"].lanes, isas["haswell"].lanes) == (16, 8)
 
 
+@pytest.mark.parametrize("layout,winograd", [("NHWC", True), ("NHWC", False), ("NCHW", False)])
+def test_weights_are_stored_in_the_order_the_kernels_read_them(layout, winograd):
+    """Every convolution and matmul may repack its weights (and bias), whatever weight-only computation feeds
+    them: NHWC's transpose to HWIO and Winograd's kernel transform too, not only a weight parameter itself
+    (TVM's own marking missed those: NHWC kernels read HWIO weights 2 KB apart). The image never; and the
+    default schedule does repack them (a layout-rewrite block, run once at build time)."""
+    from tunekit import fallback, frontend
+    from tunekit.keys import Key
+    from tunekit.targets import resolve_target
+
+    target = resolve_target("host").tvm_target()
+    graph = frontend.onnx_graph(Key("tinyconv", 32, 32), model="tinyconv")
+    tasks, _ = frontend.runtime_tasks(frontend.prepare(frontend.to_relax(graph)[0], target, layout, winograd),
+                                      target)
+    heavy = [t for t in tasks if "conv2d" in t.name or "matmul" in t.name]
+    assert len(heavy) == 4 and sum("winograd" in t.name for t in heavy) == (2 if winograd else 0)
+    for task in heavy:
+        assert list(task.mod["main"].attrs["layout_free_buffers"]) == [1, 2], task.name  # weights, bias
+        assert "layout_rewrite_preproc" in fallback.cpu_schedule(task.mod, target, task.name).mod.script()
+    for task in tasks:
+        if task not in heavy:
+            assert 0 not in list(task.mod["main"].attrs.get("layout_free_buffers", [])), task.name
+
+
 def test_an_avx2_build_runs_and_verifies_here(cli, tmp_path):
     """The i7-4790k / tr-2990wx class: AVX2 code built and verified on whatever x86 host this is."""
     out = tmp_path / "avx2"

@@ -115,13 +115,13 @@ def test_zero_search_build_uses_adapted_schedules(tuned48, cli, tmp_path):
 def test_a_trace_that_cannot_be_adapted_is_skipped_with_a_reason(tuned48, tmp_path):
     db = database.open_database(_copy(tuned48, tmp_path / "s.db"), HOST)
     tasks48, tasks32 = _tasks(48), _tasks(32)
-    (mean,) = db.donors("tinyconv", 1, "mean1", 32, None, limit=1)
+    (mean,) = db.donors("tinyconv", 1, "mean", 32, None, limit=1)
     with pytest.raises(transfer.TransferSkipped, match="design space"):
-        transfer.adapt(transfer.donor_trace(db, mean), tasks32["fused_conv2d_add1_relu11"].mod, HOST)
+        transfer.adapt(transfer.donor_trace(db, mean), tasks32["fused_conv2d_add1_relu1"].mod, HOST)
     # through candidates(): a reason, never an exception
-    db.conn.execute("UPDATE tasks SET task_name = 'fused_conv2d_add1_relu11' WHERE task_name = 'mean1'"
+    db.conn.execute("UPDATE tasks SET task_name = 'fused_conv2d_add1_relu1' WHERE task_name = 'mean'"
                     " AND resolution = 48")
-    adapted, skipped = transfer.candidates(db, tasks32["fused_conv2d_add1_relu11"].mod, HOST, "tinyconv", 1,
-                                           "fused_conv2d_add1_relu11", 32, None)
+    adapted, skipped = transfer.candidates(db, tasks32["fused_conv2d_add1_relu1"].mod, HOST, "tinyconv", 1,
+                                           "fused_conv2d_add1_relu1", 32, None)
     assert skipped and "design space" in skipped[0]
     assert len(tasks48) == 7

@@ -124,6 +124,25 @@ def test_prune_keeps_budget(tuned_db, cli, tmp_path):
     assert "0 new; 7/7 tasks already done" in result.output
 
 
+def test_curve_replays_the_records_in_order(tuned_db, cli, tmp_path):
+    path, _ = tuned_db
+    result = cli("db", "curve", "--model", "tinyconv", "--res", "32", "--db", path, "--json",
+                 "--plot", tmp_path / "c.png")
+    assert result.exit_code == 0, result.output
+    curve = json.loads(result.output)
+    (row,) = database.tuned_summary(path)
+    est = curve["est_ms"]["32"]
+    assert curve["trials"] == list(range(1, _records(path) + 1))  # every stored trial, failed ones too
+    assert est[-1] == pytest.approx(row["est_ms"])  # ends where `db list` is
+    assert est[0] >= est[-1] and sorted(curve["seconds"]) == curve["seconds"]
+    assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
+    table = cli("db", "curve", "--model", "tinyconv", "--res", "32", "--db", path, "--points", "3")
+    assert table.exit_code == 0 and "trials/s" in table.output
+    # a resolution never tuned: one line, exit 2
+    result = cli("db", "curve", "--model", "tinyconv", "--res", "48", "--db", path)
+    assert result.exit_code == 2 and "tune it first" in result.stderr
+
+
 def _start(args, db):
     return subprocess.Popen([*TUNEKIT, "tune", *args, "--db", str(db)], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)

@@ -169,6 +169,41 @@ def build(job: Job, out: str | Path | None = None, transfer: bool = True,
                               on_done=on_done, transfer=transfer)
 
 
+def convergence(job: Job) -> dict:
+    """How tuning converged: each resolution's estimated latency against trials (``database.convergence``),
+    over the tasks of the job's own preparation (its layout and Winograd choice; a database may hold others).
+
+    Raises
+    ------
+    TunekitError
+        No database, or it holds no record of some task of the job.
+    """
+    from tunekit import database, frontend
+
+    db = job.open_database()
+    if db is None:
+        raise TunekitError(f"no tuning database at {job.db_path} (tune something first, or pass --db)")
+    target = job.spec.tvm_target()
+    tasks: dict[int, dict[int, int]] = {}
+    with native_stderr_to(job.db_path.with_suffix(".log")):
+        for key in job.keys:
+            mod, _ = frontend.to_relax(job.graph(key))
+            prepared = frontend.prepare(mod, target, job.spec.conv_layout, job.spec.conv_winograd)
+            uses: dict[int, int] = {}
+            for task in frontend.runtime_tasks(prepared, target)[0]:
+                wid = db.find_workload(task.mod)
+                if wid is None:
+                    raise TunekitError(f"{job.db_path} has no record of {job.name} at {key.height} on "
+                                       f"{job.spec.name} (task {task.name}): tune it first")
+                uses[wid] = uses.get(wid, 0) + task.weight
+            tasks[key.height] = uses
+    curve = database.convergence(job.db_path, db.target_key, db.version, tasks)
+    if not curve["trials"]:
+        raise TunekitError(f"{job.db_path}: some task of {job.name} has no successful record on {job.spec.name}; "
+                           "tune it first")
+    return curve
+
+
 def bench(job: Job, backends: list[str] | None = None, artifacts: str | Path | None = None,
           threads: int | None = None, repeats: int = 10, processes: int = 3, isolation_check: bool = False,
           keep_artifacts: str | Path | None = None, command: str | None = None,

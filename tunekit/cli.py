@@ -857,6 +857,70 @@ def db_import(db_path, in_dir):
     click.echo(f"imported {added} records from {in_dir}/" + (f" ({present} were there already)" if present else ""))
 
 
+@db.command("curve")
+@_model_options
+@click.option("--res", "res", required=True, help=RES_HELP)
+@click.option("--target", "-t", "target", default="host", show_default=True,
+              help="Preset (tunekit targets), a targets/*.json file, or a TVM target dict as JSON.")
+@click.option("--batch", default=1, show_default=True, type=click.IntRange(1, 1024))
+@_db_option
+@click.option("--points", default=8, show_default=True, type=click.IntRange(2, 100),
+              help="Rows of the table: trials at which the estimate is shown.")
+@click.option("--json", "as_json", is_flag=True, help="Print every point as JSON instead of a table.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Draw the curves to a PNG.")
+def db_curve(model, onnx_file, res, target, batch, db_path, points, as_json, plot_path):
+    """How tuning converged: estimated latency against trials, per resolution.
+
+    Replays the database's records in the order they were measured. After each
+    trial a resolution's estimate is the sum of its tasks' best kernel times so
+    far (a task not reached yet counts at its default schedule's time), so the
+    curve starts at the untuned estimate and ends at what `db list` shows.
+
+    \b
+    Example:
+      tunekit db curve --model resnet18 --res 112,224,448 --plot curve.png
+    """
+    from tunekit import api
+
+    job = api.Job(model, onnx_file, res, batch, None, target, db_path)
+    curve = api.convergence(job)
+    if plot_path:
+        _plot_curve(curve, f"{job.name} on {job.spec.name} ({json.dumps(job.spec.tvm)})", plot_path)
+    if as_json:
+        click.echo(json.dumps(curve))
+        return
+    n = len(curve["trials"])
+    picks = sorted({round(i * (n - 1) / (points - 1)) for i in range(points)})
+    rate = n / curve["seconds"][-1] if curve["seconds"][-1] > 0 else 0.0
+    _table(f"estimated latency (ms, sum of best kernel times) against trials: {n} trials, "
+           f"{curve['seconds'][-1]:.0f} s of tuning ({rate:.2f} trials/s)",
+           ["trials", "tuning s", *(f"{r}x{r}" for r in curve["est_ms"])],
+           [[curve["trials"][i], f"{curve['seconds'][i]:.0f}", *(f"{v[i]:.3f}" for v in curve["est_ms"].values())]
+            for i in picks])
+    if plot_path:
+        click.echo(f"plot: {plot_path}")
+
+
+def _plot_curve(curve: dict, title: str, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for res, values in curve["est_ms"].items():
+        ax.plot(curve["trials"], [v / values[0] for v in values], label=f"{res}x{res} ({values[0]:.2f} -> "
+                f"{values[-1]:.2f} ms)")
+    ax.set(xlabel="trials (in the order measured)", ylabel="estimated latency / untuned estimate",
+           title="convergence (lower is better)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 @db.command("prune")
 @_db_option
 @click.option("--top-k", required=True, type=click.IntRange(1), help="Records to keep per task and target.")

@@ -201,6 +201,44 @@ def tuned_summary(path: str | Path, workloads: set[int] | None = None) -> list[d
             for m, res, b, tg, v, n, tuned, trials, est, transferred in rows]
 
 
+def convergence(path: str | Path, target: str, version: str, tasks: dict[int, dict[int, int]]) -> dict:
+    """Estimated end-to-end latency against trials, replayed from the records' order of arrival.
+
+    ``tasks`` maps each resolution to its tasks' {workload id: calls per inference}. Trials are
+    the records of all those workloads on ``target`` and ``version``, in the order they were
+    stored (failed ones count: they cost a build and a run). After trial n, a resolution's
+    estimate is the sum over its tasks of calls x the best time measured so far, a task not
+    reached yet counting at its default schedule's time (the untuned build's), or at its first
+    record where it has no default. So the first point is the untuned estimate and the last is
+    ``tuned_summary``'s est_ms. Returns {"trials": [n...], "seconds": [since the first record],
+    "est_ms": {resolution: [...]}} with one point per trial, or empty lists when nothing is stored.
+    """
+    conn = connect(path, readonly=True)
+    wids = sorted({w for uses in tasks.values() for w in uses})
+    marks = ",".join("?" * len(wids))
+    rows = conn.execute(f"SELECT workload_id, mean_sec, source, created FROM records WHERE target=? AND"
+                        f" tvm_version=? AND workload_id IN ({marks}) ORDER BY id", (target, version, *wids)
+                        ).fetchall() if wids else []
+    conn.close()
+    start: dict[int, float] = {}
+    for wid, sec, source, _ in rows:  # a task's time before it was tuned
+        if sec is not None and (source == "default" or wid not in start):
+            start[wid] = sec
+    out: dict = {"trials": [], "seconds": [], "est_ms": {res: [] for res in tasks}}
+    if any(w not in start for w in wids):
+        return out  # some task has no successful record: no estimate of the whole model
+    best = dict(start)
+    first = rows[0][3] if rows else 0.0
+    for n, (wid, sec, _, created) in enumerate(rows, 1):
+        if sec is not None:
+            best[wid] = min(best[wid], sec)
+        out["trials"].append(n)
+        out["seconds"].append(created - first)
+        for res, uses in tasks.items():
+            out["est_ms"][res].append(1e3 * sum(calls * best[w] for w, calls in uses.items()))
+    return out
+
+
 def stats(path: str | Path) -> dict:
     """Counts of what the database holds, and the most common failure messages."""
     conn = connect(path, readonly=True)

@@ -103,6 +103,11 @@ class TuningDatabase(PyDatabase):
     def has_workload(self, mod) -> bool:
         return self._lookup(mod) is not None
 
+    def find_workload(self, mod) -> int | None:
+        """The row id of ``mod``'s workload, or None when the file does not hold it (nothing is written)."""
+        found = self._lookup(mod)
+        return found[0] if found else None
+
     def commit_workload(self, mod) -> Workload:
         return self._ids[self.workload_id(mod)]
 
