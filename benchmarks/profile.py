@@ -1,16 +1,48 @@
-"""Where a tuned model's time goes: per task, the best measured kernel time from a tuning database.
+"""Where a tuned model's time goes: per task, the best measured kernel time from a tuning database,
+and with --ort, ONNX Runtime's own per-node profile of the same graph beside it.
 
-    python benchmarks/profile.py --model resnet18 --res 112 --db tuning_logs/reference-rocketlake-2c.db
+    python benchmarks/profile.py --model resnet18 --res 112 --db tuning_logs/reference-znver4-2c.db --ort
 
 Prepares the model as tune and build do (the target's layout and Winograd choice), looks up each
 runtime task's best record (its tuning measurement: kernel alone, weights warm in cache, so the sum
-underestimates a whole run), and prints time x uses, share of the sum, and GFLOP/s where the task
-is a convolution or matmul. Tasks with no record print '-'.
+underestimates a whole run), and prints time x uses and share of the sum. Tasks with no record
+print '-'. --ort runs the same ONNX graph in ONNX Runtime (CPU provider, the target's threads,
+profiling on) --runs times and prints each node's median time, largest first: the libraries'
+figure to hold each TVM task against.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import statistics
+import tempfile
+
+
+def ort_profile(graph, threads: int, runs: int) -> list[tuple[str, str, float]]:
+    """ONNX Runtime's per-node times for ``graph``: (node name, op type, median us over ``runs`` runs)."""
+    import numpy as np
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    options.enable_profiling = True
+    options.profile_file_prefix = os.path.join(tempfile.mkdtemp(), "ort")
+    session = ort.InferenceSession(graph.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    inp = session.get_inputs()[0]
+    feed = {inp.name: np.random.default_rng(0).standard_normal(inp.shape, dtype=np.float32)}
+    for _ in range(5):  # warm-up, dropped below
+        session.run(None, feed)
+    for _ in range(runs):
+        session.run(None, feed)
+    with open(session.end_profiling()) as f:
+        events = [e for e in json.load(f) if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
+    times: dict[tuple[str, str], list[float]] = {}
+    for e in events:
+        times.setdefault((e["name"][: -len("_kernel_time")], e["args"].get("op_name", "?")), []).append(e["dur"])
+    return sorted(((name, op, statistics.median(d[5:] or d)) for (name, op), d in times.items()),
+                  key=lambda r: -r[2])
 
 
 def main() -> None:
@@ -19,21 +51,25 @@ def main() -> None:
     parser.add_argument("--res", type=int, default=224)
     parser.add_argument("--db", required=True)
     parser.add_argument("--target", default="host")
+    parser.add_argument("--ort", action="store_true", help="Also ONNX Runtime's per-node profile.")
+    parser.add_argument("--runs", type=int, default=30, help="Runs of the ONNX Runtime profile.")
     args = parser.parse_args()
 
     from tunekit import database, frontend
     from tunekit.keys import Key
-    from tunekit.targets import resolve_target
+    from tunekit.targets import default_threads, resolve_target
 
     spec = resolve_target(args.target)
     target = spec.tvm_target()
     key = Key(args.model, args.res, args.res)
-    mod, _ = frontend.to_relax(frontend.onnx_graph(key, model=args.model))
+    graph = frontend.onnx_graph(key, model=args.model)
+    mod, _ = frontend.to_relax(graph)
     tasks, _ = frontend.runtime_tasks(frontend.prepare(mod, target, spec.conv_layout, spec.conv_winograd), target)
     db = database.open_database(args.db, target)
     rows = []
     for task in tasks:
-        sec = db.best_sec(db.workload_id(task.mod)) if db.has_workload(task.mod) else None
+        wid = db.find_workload(task.mod)
+        sec = db.best_sec(wid) if wid is not None else None
         rows.append((task.name, task.weight, None if sec is None else sec * 1e6 * task.weight))
     total = sum(us for _, _, us in rows if us is not None)
     print(f"{args.model} at {args.res} on {spec.name} ({spec.tvm.get('mcpu', '')}), layout {spec.conv_layout}, "
@@ -41,6 +77,13 @@ def main() -> None:
     for name, uses, us in sorted(rows, key=lambda r: -(r[2] or 0)):
         share = f"{100 * us / total:5.1f}%" if us is not None else "    -"
         print(f"  {share}  {us or 0:8.1f} us  x{uses}  {name}")
+    if args.ort:
+        nodes = ort_profile(graph, default_threads(spec), args.runs)
+        ort_total = sum(us for _, _, us in nodes)
+        print(f"ONNX Runtime, {default_threads(spec)} threads, median of {args.runs} runs: sum of node times "
+              f"{ort_total / 1000:.2f} ms")
+        for name, op, us in nodes:
+            print(f"  {100 * us / ort_total:5.1f}%  {us:8.1f} us  {op:12s} {name}")
 
 
 if __name__ == "__main__":

@@ -891,10 +891,9 @@ def db_curve(model, onnx_file, res, target, batch, db_path, points, as_json, plo
         return
     n = len(curve["trials"])
     picks = sorted({round(i * (n - 1) / (points - 1)) for i in range(points)})
-    rate = n / curve["seconds"][-1] if curve["seconds"][-1] > 0 else 0.0
-    _table(f"estimated latency (ms, sum of best kernel times) against trials: {n} trials, "
-           f"{curve['seconds'][-1]:.0f} s of tuning ({rate:.2f} trials/s)",
-           ["trials", "tuning s", *(f"{r}x{r}" for r in curve["est_ms"])],
+    _table(f"estimated latency (ms, sum of best kernel times) against the {n} trials of these tasks "
+           "(s: since the first; other tasks tuned in between count in it)",
+           ["trials", "s", *(f"{r}x{r}" for r in curve["est_ms"])],
            [[curve["trials"][i], f"{curve['seconds'][i]:.0f}", *(f"{v[i]:.3f}" for v in curve["est_ms"].values())]
             for i in picks])
     if plot_path:
