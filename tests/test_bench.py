@@ -95,23 +95,25 @@ def test_compare_passes_an_equal_run_and_catches_a_planted_regression(report, cl
     base = _write(tmp_path / "base.json", data)
     same = cli("compare", base, base, "--max-regression", "5%")
     assert same.exit_code == 0, same.output
-    new = _write(tmp_path / "new.json", _slower(data, 1.3))
+    # planted well beyond the noise: a tiny model's 2 processes can differ 1.9x on a shared 2-core VM (seen:
+    # +30% planted gave a 95% interval of -30% .. +148%, rightly "not significant")
+    new = _write(tmp_path / "new.json", _slower(data, 3.0))
     result = cli("compare", base, new, "--max-regression", "5%")
     assert result.exit_code == 1, result.output
-    assert "REGRESSION" in result.output and "+30.0%" in result.output
-    assert cli("compare", base, new, "--max-regression", "40%").exit_code == 0
+    assert "REGRESSION" in result.output and "+200.0%" in result.output
+    assert cli("compare", base, new, "--max-regression", "250%").exit_code == 0
     assert cli("compare", base, new, "--backends", "onednn").exit_code == 0
 
 
 def test_relative_mode_ignores_a_machine_that_is_slower_for_every_backend(report, cli, tmp_path):
     _, data, _ = report
     base = _write(tmp_path / "base.json", data)
-    everything_slower = _write(tmp_path / "slow.json", _slower(data, 1.3, ("tuned", "onednn", "onnxruntime")))
+    everything_slower = _write(tmp_path / "slow.json", _slower(data, 3.0, ("tuned", "onednn", "onnxruntime")))
     assert cli("compare", base, everything_slower).exit_code == 1
     result = cli("compare", base, everything_slower, "--relative-to", "onednn")
     assert result.exit_code == 0, result.output
     assert "x onednn" in result.output
-    tuned_only = _write(tmp_path / "tuned.json", _slower(data, 1.3))
+    tuned_only = _write(tmp_path / "tuned.json", _slower(data, 3.0))
     result = cli("compare", base, tuned_only, "--relative-to", "onnxruntime")
     assert result.exit_code == 1 and "REGRESSION" in result.output
 
