@@ -63,8 +63,7 @@ def main() -> None:
     target = spec.tvm_target()
     key = Key(args.model, args.res, args.res)
     graph = frontend.onnx_graph(key, model=args.model)
-    mod, _ = frontend.to_relax(graph)
-    tasks, _ = frontend.runtime_tasks(frontend.prepare(mod, target, spec.conv_layout, spec.conv_winograd), target)
+    tasks, _ = frontend.tasks_of(graph, target, spec.conv_layout, spec.conv_winograd)
     db = database.open_database(args.db, target)
     rows = []
     for task in tasks:

@@ -291,7 +291,7 @@ def test_default_schedules_follow_the_vector_isa(layout):
         target = resolve_target(json.dumps({"kind": "llvm", "mcpu": mcpu, "num-cores": 2})).tvm_target()
         assert fallback.vector_isa(target).name == isa
         isas[mcpu] = fallback.vector_isa(target)
-        tasks, _ = frontend.runtime_tasks(frontend.prepare(frontend.to_relax(graph)[0], target, layout), target)
+        tasks, _ = frontend.tasks_of(graph, target, layout)
         convs = [t for t in tasks if "conv2d" in t.name]
         assert len(convs) == 3
         widths = []
@@ -328,8 +328,7 @@ def test_weights_are_stored_in_the_order_the_kernels_read_them(layout, winograd)
 
     target = resolve_target("host").tvm_target()
     graph = frontend.onnx_graph(Key("tinyconv", 32, 32), model="tinyconv")
-    tasks, _ = frontend.runtime_tasks(frontend.prepare(frontend.to_relax(graph)[0], target, layout, winograd),
-                                      target)
+    tasks, _ = frontend.tasks_of(graph, target, layout, winograd)
     heavy = [t for t in tasks if "conv2d" in t.name or "matmul" in t.name]
     assert len(heavy) == 4 and sum("winograd" in t.name for t in heavy) == (2 if winograd else 0)
     for task in heavy:

@@ -29,8 +29,8 @@ def test_reference_records_cover_the_current_preparation(ref):
     target = spec.tvm_target()
     db = ms.database.JSONDatabase(str(ref / "database_workload.json"), str(ref / "database_tuning_record.json"),
                                   allow_missing=False)
-    mod, _ = frontend.to_relax(frontend.onnx_graph(Key("resnet18", 224, 224), model="resnet18"))
-    tasks, _ = frontend.runtime_tasks(frontend.prepare(mod, target, spec.conv_layout, spec.conv_winograd), target)
+    graph = frontend.onnx_graph(Key("resnet18", 224, 224), model="resnet18")
+    tasks, _ = frontend.tasks_of(graph, target, spec.conv_layout, spec.conv_winograd)
     missing = [t.name for t in tasks if db.query_tuning_record(t.mod, target, t.name) is None]
     assert not missing, f"{ref.name}: no record applies to {missing}; re-tune and re-export (tuning_logs/README.md)"
 

@@ -29,8 +29,7 @@ def tuned48(tmp_path_factory):
 
 
 def _tasks(side):
-    mod, _ = frontend.to_relax(frontend.onnx_graph(Key("tinyconv", side, side), model="tinyconv"))
-    tasks, _ = frontend.runtime_tasks(frontend.prepare(mod, HOST), HOST)
+    tasks, _ = frontend.tasks_of(frontend.onnx_graph(Key("tinyconv", side, side), model="tinyconv"), HOST)
     return {t.name: t for t in tasks}
 
 

@@ -5,6 +5,7 @@ import json
 import os
 import re
 import signal
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -58,6 +59,14 @@ def test_records_land(tuned_db):
     assert row["target"].startswith("llvm/")
 
 
+def test_a_plain_copy_after_tune_holds_every_record(tuned_db, tmp_path):
+    # the reference recipe copies the database with cp before pruning: nothing may be left in the WAL
+    path, _ = tuned_db
+    copy = tmp_path / "c.db"
+    shutil.copyfile(path, copy)
+    assert _records(copy) == 12
+
+
 def test_resume_adds_nothing_to_finished_tasks(tuned_db, cli):
     path, _ = tuned_db
     before = _records(path)
@@ -71,7 +80,7 @@ def test_records_of_other_targets_and_versions_are_never_applied(tuned_db):
     path, _ = tuned_db
     graph = frontend.onnx_graph(Key("tinyconv", 32, 32), model="tinyconv")
     host = resolve_target("host").tvm_target()
-    tasks, _ = frontend.runtime_tasks(frontend.prepare(frontend.to_relax(graph)[0], host), host)
+    tasks, _ = frontend.tasks_of(graph, host)
     conv = next(t for t in tasks if "conv2d" in t.name)
 
     same = database.open_database(path, host)

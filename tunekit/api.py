@@ -16,6 +16,7 @@ return values; nothing here prints.
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -145,9 +146,13 @@ def tune(job: Job, trials: int | None = None, trials_per_task: int | None = None
 
     the_plan = the_plan or plan(job, trials, trials_per_task, transfer, anchors, rpc)
     log_path = job.db_path.with_suffix(".log")
-    with native_stderr_to(log_path):
-        return tuning.tune(job.open_database(create=True), job.spec, the_plan, log_path, rpc=rpc, seed=seed,
-                           on_progress=on_progress, transfer=transfer)
+    db = job.open_database(create=True)
+    try:
+        with native_stderr_to(log_path):
+            return tuning.tune(db, job.spec, the_plan, log_path, rpc=rpc, seed=seed,
+                               on_progress=on_progress, transfer=transfer)
+    finally:
+        db.checkpoint()
 
 
 def build(job: Job, out: str | Path | None = None, transfer: bool = True,
@@ -185,12 +190,10 @@ def convergence(job: Job) -> dict:
         raise TunekitError(f"no tuning database at {job.db_path} (tune something first, or pass --db)")
     target = job.spec.tvm_target()
     tasks: dict[int, dict[int, int]] = {}
-    with native_stderr_to(job.db_path.with_suffix(".log")):
+    with native_stderr_to(Path(os.devnull)):  # read-only: the task extraction's chatter goes nowhere
         for key in job.keys:
-            mod, _ = frontend.to_relax(job.graph(key))
-            prepared = frontend.prepare(mod, target, job.spec.conv_layout, job.spec.conv_winograd)
             uses: dict[int, int] = {}
-            for task in frontend.runtime_tasks(prepared, target)[0]:
+            for task in frontend.tasks_of(job.graph(key), target, job.spec.conv_layout, job.spec.conv_winograd)[0]:
                 wid = db.find_workload(task.mod)
                 if wid is None:
                     raise TunekitError(f"{job.db_path} has no record of {job.name} at {key.height} on "

@@ -134,6 +134,13 @@ class Task:
     weight: int  # how many times the model calls it
 
 
+def tasks_of(graph: onnx.ModelProto, target, layout: str | None = None,
+             winograd: bool | None = None) -> tuple[list[Task], list[str]]:
+    """``runtime_tasks`` of an ONNX graph after the shared preparation (``to_relax`` then ``prepare``)."""
+    mod, _ = to_relax(graph)
+    return runtime_tasks(prepare(mod, target, layout, winograd), target)
+
+
 def runtime_tasks(prepared, target) -> tuple[list[Task], list[str]]:
     """The tasks worth tuning, and the names of those that only transform weights.
 

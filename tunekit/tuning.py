@@ -139,9 +139,7 @@ def plan(db, target, keys: list[Key], graph_of: Callable[[Key], object], trials:
     by_wid: dict[int, PlannedTask] = {}
     per_resolution, weight_only = {}, {}
     for key in keys:
-        mod, _ = frontend.to_relax(graph_of(key))
-        prepared = frontend.prepare(mod, target, layout, winograd)
-        tasks, lifted = frontend.runtime_tasks(prepared, target)
+        tasks, lifted = frontend.tasks_of(graph_of(key), target, layout, winograd)
         per_resolution[key.height] = len(tasks)
         weight_only[key.height] = lifted
         for task in tasks:

@@ -100,8 +100,14 @@ class TuningDatabase(PyDatabase):
             self._ids[wid] = Workload.from_json(json.loads(text))
         return self._ids[wid]
 
+    def checkpoint(self) -> None:
+        """Move the write-ahead log into the file itself, so that a plain copy of the file (``cp``) holds
+        every record. MetaSchedule keeps this object alive to the end of the process, so SQLite's own
+        checkpoint on close may never run."""
+        self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
     def has_workload(self, mod) -> bool:
-        return self._lookup(mod) is not None
+        return self.find_workload(mod) is not None
 
     def find_workload(self, mod) -> int | None:
         """The row id of ``mod``'s workload, or None when the file does not hold it (nothing is written)."""
