@@ -2,13 +2,18 @@
 and with --ort, ONNX Runtime's own per-node profile of the same graph beside it.
 
     python benchmarks/profile.py --model resnet18 --res 112 --db tuning_logs/reference-znver4-2c.db --ort
+    python benchmarks/profile.py --model resnet18 --res 112 --db DB --artifact out/artifacts
 
 Prepares the model as tune and build do (the target's layout and Winograd choice), looks up each
 runtime task's best record (its tuning measurement: kernel alone, weights warm in cache, so the sum
 underestimates a whole run), and prints time x uses and share of the sum. Tasks with no record
 print '-'. --ort runs the same ONNX graph in ONNX Runtime (CPU provider, the target's threads,
 profiling on) --runs times and prints each node's median time, largest first: the libraries'
-figure to hold each TVM task against.
+figure to hold each TVM task against. --artifact runs a built library (`tunekit build` output)
+--runs times with a timer around every call the Relax VM makes (kernels and allocations) and prints
+each callee's median time per run beside the whole run's median without the timer: what the kernels
+take in the real run (cold from the previous layer, not warm as in tuning) and what is left over
+(the VM, allocation, thread-pool wake-ups).
 """
 
 from __future__ import annotations
@@ -45,6 +50,50 @@ def ort_profile(graph, threads: int, runs: int) -> list[tuple[str, str, float]]:
                   key=lambda r: -r[2])
 
 
+def vm_profile(library: str, threads: int, runs: int, shape, dtype) -> tuple[float, list[tuple[str, int, float]]]:
+    """A built library's whole-run median (us, no timer) and per callee (name, calls per run, median us per run)."""
+    import time
+
+    import numpy as np
+    import tvm
+    from tvm.runtime.vm import VirtualMachine
+
+    from tunekit.runtime import start_thread_pool
+
+    start_thread_pool(threads)
+    vm = VirtualMachine(tvm.runtime.load_module(library), tvm.cpu(0))
+    x = tvm.runtime.tensor(np.random.default_rng(0).standard_normal(shape).astype(dtype), tvm.cpu(0))
+    main = vm["main"]
+    for _ in range(5):
+        main(x)
+    whole = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        main(x)
+        whole.append((time.perf_counter() - t0) * 1e6)
+    this_run: dict[str, list[float]] = {}
+    started: list[float] = []
+
+    def instrument(func, symbol, before, ret, *args):
+        if before:
+            started.append(time.perf_counter())
+        else:
+            this_run.setdefault(symbol, []).append((time.perf_counter() - started.pop()) * 1e6)
+        return 0  # VMInstrumentReturnKind.NO_OP: run the call as usual
+
+    vm.set_instrument(instrument)
+    per_run: dict[str, list[float]] = {}
+    calls: dict[str, int] = {}
+    for _ in range(runs):
+        this_run.clear()
+        main(x)
+        for symbol, times in this_run.items():
+            per_run.setdefault(symbol, []).append(sum(times))
+            calls[symbol] = len(times)
+    rows = [(symbol, calls[symbol], statistics.median(t)) for symbol, t in per_run.items()]
+    return statistics.median(whole), sorted(rows, key=lambda r: -r[2])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="resnet18")
@@ -52,7 +101,9 @@ def main() -> None:
     parser.add_argument("--db", required=True)
     parser.add_argument("--target", default="host")
     parser.add_argument("--ort", action="store_true", help="Also ONNX Runtime's per-node profile.")
-    parser.add_argument("--runs", type=int, default=30, help="Runs of the ONNX Runtime profile.")
+    parser.add_argument("--runs", type=int, default=30, help="Runs of the ONNX Runtime and --artifact profiles.")
+    parser.add_argument("--artifact", metavar="DIR", help="Also time every call of this built library (tunekit build "
+                        "--out DIR) at --res in the Relax VM.")
     args = parser.parse_args()
 
     from tunekit import database, frontend
@@ -83,6 +134,21 @@ def main() -> None:
               f"{ort_total / 1000:.2f} ms")
         for name, op, us in nodes:
             print(f"  {100 * us / ort_total:5.1f}%  {us:8.1f} us  {op:12s} {name}")
+    if args.artifact:
+        from tunekit.runtime import read_manifest
+
+        entry = next((e for e in read_manifest(args.artifact)["artifacts"]
+                      if e["model"] == args.model and tuple(e["resolution"]) == (args.res, args.res)), None)
+        if entry is None:
+            raise SystemExit(f"{args.artifact} has no {args.model} artifact at {args.res}x{args.res}")
+        whole, calls = vm_profile(os.path.join(args.artifact, entry["file"]), default_threads(spec), args.runs,
+                                  entry["input"]["shape"], entry["input"]["dtype"])
+        timed = sum(us for _, _, us in calls)
+        print(f"{entry['file']} in the Relax VM, {default_threads(spec)} threads, median of {args.runs} runs: "
+              f"{whole / 1000:.2f} ms a run; with a timer round every call, the calls' sum {timed / 1000:.2f} ms "
+              f"(kernels and allocations); outside any call {max(whole - timed, 0) / 1000:.2f} ms")
+        for symbol, n, us in calls:
+            print(f"  {100 * us / whole:5.1f}%  {us:8.1f} us  x{n}  {symbol}")
 
 
 if __name__ == "__main__":

@@ -235,6 +235,10 @@ def test_dry_run_plans_without_tuning(cli, tmp_path):
     bad = cli("tune", "--model", "tinyconv", "--res", "32,40", "--anchor", "48", "--db", db, "--dry-run")
     assert bad.exit_code == 2 and "--anchor 48 is not one of the resolutions" in bad.output
     assert _records(db) == 0
+    # planning registered the 12 workloads and tasks: a plain copy of the file holds them (no WAL left)
+    shutil.copyfile(db, tmp_path / "copy.db")
+    with sqlite3.connect(tmp_path / "copy.db") as conn:
+        assert conn.execute("SELECT COUNT(*) FROM workloads").fetchone()[0] == 12
 
 
 def test_search_population_follows_budget():

@@ -126,10 +126,13 @@ def plan(job: Job, trials: int | None = None, trials_per_task: int | None = None
         raise SpecError(f"--anchor {missing[0]} is not one of the resolutions tuned "
                         f"({','.join(map(str, job.sides))})")
     db = job.open_database(create=True)
-    with native_stderr_to(job.db_path.with_suffix(".log")):
-        return tuning.plan(db, job.spec.tvm_target(), job.keys, job.graph, trials, trials_per_task,
-                           transfer=transfer, anchors=anchors, layout=job.spec.conv_layout,
-                           winograd=job.spec.conv_winograd)
+    try:  # planning registers the workloads: checkpointed so that a plain copy of the file holds them
+        with native_stderr_to(job.db_path.with_suffix(".log")):
+            return tuning.plan(db, job.spec.tvm_target(), job.keys, job.graph, trials, trials_per_task,
+                               transfer=transfer, anchors=anchors, layout=job.spec.conv_layout,
+                               winograd=job.spec.conv_winograd)
+    finally:
+        db.checkpoint()
 
 
 def tune(job: Job, trials: int | None = None, trials_per_task: int | None = None, transfer: bool = True,

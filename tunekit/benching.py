@@ -568,13 +568,14 @@ def git_commit() -> str | None:
 
 
 # ---------------------------------------------------------------- formatting
-def _present(report: dict) -> list[str]:
+def present(report: dict) -> list[str]:
+    """The backends a report has figures for, in table order."""
     return [b for b in BACKENDS if any(b in r for r in report["rows"])]
 
 
 def tables(report: dict) -> list[tuple[str, list[str], list[list[str]]]]:
     """Table II (latency per backend and the oneDNN/tuned speedup) and Fig. 7 (images/s, GFLOP/s, % of peak)."""
-    backends = _present(report)
+    backends = present(report)
     both = "tuned" in backends and "onednn" in backends
     library = "tuned" in backends and any("speedup_vs_fastest_library" in r for r in report["rows"])
     peak = (report.get("peak") or {}).get("gflops")
@@ -668,35 +669,3 @@ def render(report: dict, fmt: str) -> str:
     text = {"json": lambda: json.dumps(report, indent=2), "md": lambda: to_markdown(report),
             "csv": lambda: to_csv(report)}[fmt]()
     return text if text.endswith("\n") else text + "\n"
-
-
-def plot(report: dict, path: str | Path) -> None:
-    """Latency and GFLOP/s against resolution, one line per backend."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
-    res = [r["resolution"] for r in report["rows"]]
-    for b in _present(report):
-        pts = [(r["resolution"], r[b]) for r in report["rows"] if b in r]
-        xs = [p[0] for p in pts]
-        left.errorbar(xs, [s["median_ms"] for _, s in pts],
-                      yerr=[[s["median_ms"] - s["p10_ms"] for _, s in pts], [s["p90_ms"] - s["median_ms"] for _, s in pts]],
-                      marker="o", capsize=3, label=b)
-        right.plot(xs, [s["gflops_per_s"] for _, s in pts], marker="o", label=b)
-    peak = (report.get("peak") or {}).get("gflops")
-    if peak:
-        right.axhline(peak, color="grey", linestyle="--", linewidth=1, label=f"measured peak {peak:.0f}")
-    left.set(xlabel="input resolution (px, square)", ylabel="latency, ms (median, p10-p90)", xticks=res,
-             title="latency (lower is better)")
-    right.set(xlabel="input resolution (px, square)", ylabel="achieved GFLOP/s", xticks=res,
-              title="throughput (higher is better)")
-    for ax in (left, right):
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.suptitle(f"{report['model']} on {report['machine']['cpu']} ({report['threads']} threads)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)

@@ -476,8 +476,9 @@ def bench(model, onnx_file, res, target, artifacts, db_path, threads, batch, bac
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(benching.render(report, Path(out).suffix[1:]))
     if plot_path:
-        Path(plot_path).parent.mkdir(parents=True, exist_ok=True)
-        benching.plot(report, plot_path)
+        from tunekit import plots
+
+        plots.bench(report, plot_path)
     if fmt != "table":
         click.echo(benching.render(report, fmt), nl=False)
         return
@@ -656,7 +657,9 @@ def evaluate_cmd(bundle_dir, data, labels, policies, model, fmt, outputs, plot):
     for output in outputs:
         Path(output).write_text(text[Path(output).suffix[1:]] + "\n")
     if plot:
-        evaluating.plot(report, plot)
+        from tunekit import plots
+
+        plots.evaluation(report, plot)
     if fmt == "table":
         _table(f"{report['model']}: {len(items)} images, {len(report['classes'])} classes ({host})", header,
                evaluating.rows(report))
@@ -885,7 +888,9 @@ def db_curve(model, onnx_file, res, target, batch, db_path, points, as_json, plo
     job = api.Job(model, onnx_file, res, batch, None, target, db_path)
     curve = api.convergence(job)
     if plot_path:
-        _plot_curve(curve, f"{job.name} on {job.spec.name} ({json.dumps(job.spec.tvm)})", plot_path)
+        from tunekit import plots
+
+        plots.convergence(curve, f"{job.name} on {job.spec.name} ({json.dumps(job.spec.tvm)})", plot_path)
     if as_json:
         click.echo(json.dumps(curve))
         return
@@ -898,26 +903,6 @@ def db_curve(model, onnx_file, res, target, batch, db_path, points, as_json, plo
             for i in picks])
     if plot_path:
         click.echo(f"plot: {plot_path}")
-
-
-def _plot_curve(curve: dict, title: str, path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    for res, values in curve["est_ms"].items():
-        ax.plot(curve["trials"], [v / values[0] for v in values], label=f"{res}x{res} ({values[0]:.2f} -> "
-                f"{values[-1]:.2f} ms)")
-    ax.set(xlabel="trials (in the order measured)", ylabel="estimated latency / untuned estimate",
-           title="convergence (lower is better)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 @db.command("prune")

@@ -220,31 +220,3 @@ def rows(report: dict) -> list[list[str]]:
              ", ".join(f"{k}: {v}" for k, v in p["runs_at"].items())] for p in report["policies"]]
     o = report["oracle"]
     return out + [["oracle", f"{o['accuracy']:.1%}", f"{o['mean_ms']:.2f}", f"{o['p90_ms']:.2f}", "-"]]
-
-
-def plot(report: dict, path: str | Path) -> None:
-    """Accuracy against mean latency: a point per resolution, per policy and for the oracle."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    res = report["resolutions"]
-    ax.plot([r["mean_ms"] for r in res], [100 * r["accuracy"] for r in res], "o-", color="tab:gray",
-            label="fixed resolution")
-    for r in res:
-        ax.annotate(f"{r['resolution'][0]}x{r['resolution'][1]}", (r["mean_ms"], 100 * r["accuracy"]),
-                    textcoords="offset points", xytext=(5, -12), fontsize=8)
-    for p in report["policies"]:
-        ax.plot(p["mean_ms"], 100 * p["accuracy"], "s", label=p["policy"])
-    o = report["oracle"]
-    ax.plot(o["mean_ms"], 100 * o["accuracy"], "*", markersize=12, color="black", label="oracle")
-    ax.set_xlabel("mean latency per image (ms)")
-    ax.set_ylabel("top-1 accuracy (%)")
-    ax.set_title(f"{report['model']} on {Path(report['data']).name}: {report['oracle']['images']} images")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
