@@ -56,7 +56,7 @@ def vm_profile(library: str, threads: int, runs: int, shape, dtype) -> tuple[flo
 
     import numpy as np
     import tvm
-    from tvm.runtime.vm import VirtualMachine
+    from tvm.runtime.vm import VirtualMachine, VMInstrumentReturnKind
 
     from tunekit.runtime import start_thread_pool
 
@@ -79,7 +79,7 @@ def vm_profile(library: str, threads: int, runs: int, shape, dtype) -> tuple[flo
             started.append(time.perf_counter())
         else:
             this_run.setdefault(symbol, []).append((time.perf_counter() - started.pop()) * 1e6)
-        return 0  # VMInstrumentReturnKind.NO_OP: run the call as usual
+        return VMInstrumentReturnKind.NO_OP  # run the call as usual
 
     vm.set_instrument(instrument)
     per_run: dict[str, list[float]] = {}
