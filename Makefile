@@ -30,7 +30,8 @@ demo: install
 	$(BIN)/tunekit db list
 	$(BIN)/tunekit bench --model resnet18 --res 112..224 --target host --repeats 5 --processes 2
 
-# The reference benchmark: resnet18 at 112..448 on this host, against PyTorch on oneDNN, untuned TVM,
+# The reference benchmark: resnet18 at 112..448 on this host (make bench BENCH_MODEL=resnet50 BENCH_RES=112,224
+# for another model or resolutions), against PyTorch on oneDNN, untuned TVM,
 # ONNX Runtime and OpenVINO, each in its own worker process, 3 fresh processes x 10 repeats. Tuned
 # artifacts are built from the reference records committed for this host's CPU class
 # (tuning_logs/reference/<mcpu>-<cores>c/, imported into tuning_logs/reference-<mcpu>-<cores>c.db) when
@@ -41,7 +42,9 @@ HOST_CLASS_PY = import psutil; from tvm.target import codegen; \
 REF_CLASS = $(eval REF_CLASS := $$(shell $(BIN)/python -c '$(HOST_CLASS_PY)' 2>/dev/null))$(REF_CLASS)
 REF_DIR   = tuning_logs/reference/$(REF_CLASS)
 REF_DB    = $(if $(wildcard $(REF_DIR)),tuning_logs/reference-$(REF_CLASS).db,tuning_logs/tunekit.db)
-BENCH_OUT ?= benchmarks/resnet18-$(REF_CLASS)
+BENCH_MODEL ?= resnet18
+BENCH_RES   ?= 112..448
+BENCH_OUT   ?= benchmarks/$(BENCH_MODEL)-$(REF_CLASS)
 reference-db: install
 	@if [ -d $(REF_DIR) ]; then \
 		echo "reference records for $(REF_CLASS): $(REF_DIR) -> $(REF_DB)"; \
@@ -51,7 +54,7 @@ reference-db: install
 	fi
 
 bench: reference-db
-	$(BIN)/tunekit bench --model resnet18 --res 112..448 --target host --db $(REF_DB) \
+	$(BIN)/tunekit bench --model $(BENCH_MODEL) --res $(BENCH_RES) --target host --db $(REF_DB) \
 		--output $(BENCH_OUT).json --output $(BENCH_OUT).md --plot $(BENCH_OUT).png
 
 # The CI regression gate (benchmarks/ci/README.md): resnet18 at 112 and 224, tuned against ONNX Runtime
