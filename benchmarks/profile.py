@@ -50,26 +50,21 @@ def ort_profile(graph, threads: int, runs: int) -> list[tuple[str, str, float]]:
                   key=lambda r: -r[2])
 
 
-def vm_profile(library: str, threads: int, runs: int, shape, dtype) -> tuple[float, list[tuple[str, int, float]]]:
-    """A built library's whole-run median (us, no timer) and per callee (name, calls per run, median us per run)."""
+def vm_profile(artifact, runs: int) -> tuple[float, list[tuple[str, int, float]]]:
+    """A loaded artifact's (``tunekit.runtime.load``) whole-run median (us, no timer) and per callee
+    (name, calls per run, median us per run)."""
     import time
 
     import numpy as np
-    import tvm
-    from tvm.runtime.vm import VirtualMachine, VMInstrumentReturnKind
+    from tvm.runtime.vm import VMInstrumentReturnKind
 
-    from tunekit.runtime import start_thread_pool
-
-    start_thread_pool(threads)
-    vm = VirtualMachine(tvm.runtime.load_module(library), tvm.cpu(0))
-    x = tvm.runtime.tensor(np.random.default_rng(0).standard_normal(shape).astype(dtype), tvm.cpu(0))
-    main = vm["main"]
+    x = np.random.default_rng(0).standard_normal(artifact.input["shape"]).astype(artifact.input["dtype"])
     for _ in range(5):
-        main(x)
+        artifact.run(x)
     whole = []
     for _ in range(runs):
         t0 = time.perf_counter()
-        main(x)
+        artifact.run(x)
         whole.append((time.perf_counter() - t0) * 1e6)
     this_run: dict[str, list[float]] = {}
     started: list[float] = []
@@ -81,15 +76,16 @@ def vm_profile(library: str, threads: int, runs: int, shape, dtype) -> tuple[flo
             this_run.setdefault(symbol, []).append((time.perf_counter() - started.pop()) * 1e6)
         return VMInstrumentReturnKind.NO_OP  # run the call as usual
 
-    vm.set_instrument(instrument)
+    artifact.set_instrument(instrument)
     per_run: dict[str, list[float]] = {}
     calls: dict[str, int] = {}
     for _ in range(runs):
         this_run.clear()
-        main(x)
+        artifact.run(x)
         for symbol, times in this_run.items():
             per_run.setdefault(symbol, []).append(sum(times))
             calls[symbol] = len(times)
+    artifact.set_instrument(None)
     rows = [(symbol, calls[symbol], statistics.median(t)) for symbol, t in per_run.items()]
     return statistics.median(whole), sorted(rows, key=lambda r: -r[2])
 
@@ -135,16 +131,16 @@ def main() -> None:
         for name, op, us in nodes:
             print(f"  {100 * us / ort_total:5.1f}%  {us:8.1f} us  {op:12s} {name}")
     if args.artifact:
-        from tunekit.runtime import read_manifest
+        from tunekit.runtime import load, read_manifest
 
         entry = next((e for e in read_manifest(args.artifact)["artifacts"]
                       if e["model"] == args.model and tuple(e["resolution"]) == (args.res, args.res)), None)
         if entry is None:
             raise SystemExit(f"{args.artifact} has no {args.model} artifact at {args.res}x{args.res}")
-        whole, calls = vm_profile(os.path.join(args.artifact, entry["file"]), default_threads(spec), args.runs,
-                                  entry["input"]["shape"], entry["input"]["dtype"])
+        artifact = load(args.artifact, entry["file"])  # sha256, TVM version and ISA checked; the target's threads
+        whole, calls = vm_profile(artifact, args.runs)
         timed = sum(us for _, _, us in calls)
-        print(f"{entry['file']} in the Relax VM, {default_threads(spec)} threads, median of {args.runs} runs: "
+        print(f"{entry['file']} in the Relax VM, {artifact.threads} threads, median of {args.runs} runs: "
               f"{whole / 1000:.2f} ms a run; with a timer round every call, the calls' sum {timed / 1000:.2f} ms "
               f"(kernels and allocations); outside any call {max(whole - timed, 0) / 1000:.2f} ms")
         for symbol, n, us in calls:

@@ -5,6 +5,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -65,6 +66,40 @@ def test_loaded_artifact_matches_pytorch(built, side):
     assert artifact.resolution == (side, side) and artifact.target["kind"] == "llvm"
     x = np.random.default_rng(7).standard_normal((1, 3, side, side), dtype=np.float32)
     np.testing.assert_allclose(artifact.run(x), _reference(x), rtol=1e-4, atol=1e-4)
+
+
+def test_an_instrument_sees_every_kernel_call_and_can_be_removed(built):
+    from tvm.runtime.vm import VMInstrumentReturnKind
+
+    artifact = tunekit.load(built[0] / "tinyconv-32x32-b1.host.so")
+    x = np.random.default_rng(7).standard_normal((1, 3, 32, 32), dtype=np.float32)
+    calls = []
+
+    def instrument(func, symbol, before, ret, *args):
+        calls.append((symbol, before))
+        return VMInstrumentReturnKind.NO_OP
+
+    artifact.set_instrument(instrument)
+    np.testing.assert_allclose(artifact.run(x), _reference(x), rtol=1e-4, atol=1e-4)  # the calls still run
+    kernels = {symbol for symbol, before in calls if before and not symbol.startswith("vm.builtin.")}
+    assert len(kernels) >= 5, calls  # tinyconv's fused kernels, each seen before and after
+    assert sum(before for _, before in calls) * 2 == len(calls)
+    artifact.set_instrument(None)
+    seen = len(calls)
+    artifact.run(x)
+    assert len(calls) == seen
+
+
+def test_profile_script_times_every_call_of_a_built_library(built):
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "profile.py"  # not the stdlib's profile
+    spec = importlib.util.spec_from_file_location("tunekit_profile", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    whole, rows = script.vm_profile(tunekit.load(built[0] / "tinyconv-48x48-b1.host.so"), runs=3)
+    assert whole > 0 and all(n >= 1 and us > 0 for _, n, us in rows)
+    assert any(symbol.startswith("fused_") or symbol.endswith("_prepacked") for symbol, _, _ in rows), rows
 
 
 def test_wrong_shape_and_dtype_are_refused(built):

@@ -13,6 +13,7 @@ import json
 import os
 import warnings
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -181,6 +182,12 @@ class Artifact:
         self.check_input(image)
         out = self._main(tvm.runtime.tensor(np.ascontiguousarray(image), self.device))
         return out.numpy()
+
+    def set_instrument(self, instrument: Callable | None) -> None:
+        """Call ``instrument(func, symbol, before, ret, *args)`` round every call the Relax VM makes
+        (kernels, allocations) in later runs; it returns ``tvm.runtime.vm.VMInstrumentReturnKind``.
+        ``None`` removes it. For profiling (benchmarks/profile.py); it slows every call."""
+        self._vm.set_instrument(instrument)
 
 
 def load(path: str | Path, file: str | None = None, threads: int | None = None) -> Artifact:
