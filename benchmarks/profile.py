@@ -3,6 +3,7 @@ and with --ort, ONNX Runtime's own per-node profile of the same graph beside it.
 
     python benchmarks/profile.py --model resnet18 --res 112 --db tuning_logs/reference-znver4-2c.db --ort
     python benchmarks/profile.py --model resnet18 --res 112 --db DB --artifact out/artifacts
+    python benchmarks/profile.py --model resnet50 --res 224 --db DB --cold
 
 Prepares the model as tune and build do (the target's layout and Winograd choice), looks up each
 runtime task's best record (its tuning measurement: kernel alone, weights warm in cache, so the sum
@@ -13,7 +14,9 @@ figure to hold each TVM task against. --artifact runs a built library (`tunekit 
 --runs times with a timer around every call the Relax VM makes (kernels and allocations) and prints
 each callee's median time per run beside the whole run's median without the timer: what the kernels
 take in the real run (cold from the previous layer, not warm as in tuning) and what is left over
-(the VM, allocation, thread-pool wake-ups).
+(the VM, allocation, thread-pool wake-ups). --cold measures each task's best record again, warm (as
+tuning does) and with MetaSchedule's CPU cache flush before every repeat (weights and activations
+cold, as a layer finds them in a whole run of a model whose weights do not fit in cache).
 """
 
 from __future__ import annotations
@@ -90,6 +93,40 @@ def vm_profile(artifact, runs: int) -> tuple[float, list[tuple[str, int, float]]
     return statistics.median(whole), sorted(rows, key=lambda r: -r[2])
 
 
+def warm_and_cold(db, tasks, target, threads: int) -> dict[str, tuple[float, float]]:
+    """Per task name with a record: (warm us, cold us) of its best record, measured again here."""
+    import tvm
+    from tvm.s_tir import meta_schedule as ms
+
+    from tunekit.tuning import Measurement, build_candidate, make_runner
+    from tunekit.targets import resolve_target
+
+    os.environ["TVM_NUM_THREADS"] = str(threads)  # the runner's workers start TVM's pool with it
+    spec = resolve_target("host")
+    builder = ms.builder.LocalBuilder(max_workers=1, f_build=build_candidate)
+    runners = {cold: make_runner(spec, Measurement(cpu_cache_flush=cold), None) for cold in (False, True)}
+    out = {}
+    for task in tasks:
+        wid = db.find_workload(task.mod)
+        best = db.best_records(wid, 1) if wid is not None else []
+        if not best:
+            continue
+        sch = tvm.s_tir.Schedule(best[0][1].workload.mod)
+        best[0][1].trace.apply_to_schedule(sch, remove_postproc=False)
+        info = ms.arg_info.ArgInfo.from_entry_func(sch.mod, remove_preproc=True)
+        (built,) = builder.build([ms.builder.BuilderInput(sch.mod, target)])
+        if built.error_msg:
+            continue
+        times = []
+        for cold in (False, True):
+            (future,) = runners[cold].run([ms.runner.RunnerInput(built.artifact_path, "cpu", info)])
+            result = future.result()
+            times.append(None if result.error_msg else statistics.median(float(x) for x in result.run_secs) * 1e6)
+        if None not in times:
+            out[task.name] = tuple(times)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="resnet18")
@@ -97,6 +134,8 @@ def main() -> None:
     parser.add_argument("--db", required=True)
     parser.add_argument("--target", default="host")
     parser.add_argument("--ort", action="store_true", help="Also ONNX Runtime's per-node profile.")
+    parser.add_argument("--cold", action="store_true", help="Also measure each task's best record again, warm "
+                        "and with the CPU cache flushed.")
     parser.add_argument("--runs", type=int, default=30, help="Runs of the ONNX Runtime and --artifact profiles.")
     parser.add_argument("--artifact", metavar="DIR", help="Also time every call of this built library (tunekit build "
                         "--out DIR) at --res in the Relax VM.")
@@ -123,6 +162,16 @@ def main() -> None:
     for name, uses, us in sorted(rows, key=lambda r: -(r[2] or 0)):
         share = f"{100 * us / total:5.1f}%" if us is not None else "    -"
         print(f"  {share}  {us or 0:8.1f} us  x{uses}  {name}")
+    if args.cold:
+        times = warm_and_cold(db, tasks, target, default_threads(spec))
+        warm = sum(times[t.name][0] * t.weight for t in tasks if t.name in times)
+        cold = sum(times[t.name][1] * t.weight for t in tasks if t.name in times)
+        print(f"best records measured again, x uses: warm {warm / 1000:.2f} ms, cache flushed {cold / 1000:.2f} ms "
+              f"({cold / warm:.2f}x)")
+        for task in sorted((t for t in tasks if t.name in times), key=lambda t: -times[t.name][1] * t.weight):
+            w, c = times[task.name]
+            print(f"  {w * task.weight:8.1f} us warm  {c * task.weight:8.1f} us cold  {c / w:5.2f}x  x{task.weight}"
+                  f"  {task.name}")
     if args.ort:
         nodes = ort_profile(graph, default_threads(spec), args.runs)
         ort_total = sum(us for _, _, us in nodes)
