@@ -93,16 +93,17 @@ def vm_profile(artifact, runs: int) -> tuple[float, list[tuple[str, int, float]]
     return statistics.median(whole), sorted(rows, key=lambda r: -r[2])
 
 
-def warm_and_cold(db, tasks, target, threads: int) -> dict[str, tuple[float, float]]:
-    """Per task name with a record: (warm us, cold us) of its best record, measured again here."""
+def warm_and_cold(db, tasks, spec) -> dict[str, tuple[float, float]]:
+    """Per task name with a record: (warm us, cold us) of its best record, measured again here on
+    ``spec``'s threads, as tune measures."""
     import tvm
     from tvm.s_tir import meta_schedule as ms
 
+    from tunekit.targets import default_threads
     from tunekit.tuning import Measurement, build_candidate, make_runner
-    from tunekit.targets import resolve_target
 
-    os.environ["TVM_NUM_THREADS"] = str(threads)  # the runner's workers start TVM's pool with it
-    spec = resolve_target("host")
+    os.environ["TVM_NUM_THREADS"] = str(default_threads(spec))  # the runner's workers start TVM's pool with it
+    target = spec.tvm_target()
     builder = ms.builder.LocalBuilder(max_workers=1, f_build=build_candidate)
     runners = {cold: make_runner(spec, Measurement(cpu_cache_flush=cold), None) for cold in (False, True)}
     out = {}
@@ -163,13 +164,13 @@ def main() -> None:
         share = f"{100 * us / total:5.1f}%" if us is not None else "    -"
         print(f"  {share}  {us or 0:8.1f} us  x{uses}  {name}")
     if args.cold:
-        times = warm_and_cold(db, tasks, target, default_threads(spec))
-        warm = sum(times[t.name][0] * t.weight for t in tasks if t.name in times)
-        cold = sum(times[t.name][1] * t.weight for t in tasks if t.name in times)
+        times = warm_and_cold(db, tasks, spec)
+        measured = sorted(((t, *times[t.name]) for t in tasks if t.name in times), key=lambda r: -r[2] * r[0].weight)
+        warm = sum(w * t.weight for t, w, _ in measured)
+        cold = sum(c * t.weight for t, _, c in measured)
         print(f"best records measured again, x uses: warm {warm / 1000:.2f} ms, cache flushed {cold / 1000:.2f} ms "
               f"({cold / warm:.2f}x)")
-        for task in sorted((t for t in tasks if t.name in times), key=lambda t: -times[t.name][1] * t.weight):
-            w, c = times[task.name]
+        for task, w, c in measured:
             print(f"  {w * task.weight:8.1f} us warm  {c * task.weight:8.1f} us cold  {c / w:5.2f}x  x{task.weight}"
                   f"  {task.name}")
     if args.ort:
