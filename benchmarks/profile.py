@@ -15,8 +15,9 @@ figure to hold each TVM task against. --artifact runs a built library (`tunekit 
 each callee's median time per run beside the whole run's median without the timer: what the kernels
 take in the real run (cold from the previous layer, not warm as in tuning) and what is left over
 (the VM, allocation, thread-pool wake-ups). --cold measures each task's best record again, warm (as
-tuning does) and with MetaSchedule's CPU cache flush before every repeat (weights and activations
-cold, as a layer finds them in a whole run of a model whose weights do not fit in cache).
+tuning does) and with MetaSchedule's CPU cache flush before each of 20 single calls (every argument
+but the first cold: the weights as a layer finds them in a whole run of a model whose weights do not
+fit in cache, its input warm from the layer before).
 """
 
 from __future__ import annotations
@@ -93,6 +94,9 @@ def vm_profile(artifact, runs: int) -> tuple[float, list[tuple[str, int, float]]
     return statistics.median(whole), sorted(rows, key=lambda r: -r[2])
 
 
+COLD_REPEATS = 20
+
+
 def warm_and_cold(db, tasks, spec) -> dict[str, tuple[float, float]]:
     """Per task name with a record: (warm us, cold us) of its best record, measured again here on
     ``spec``'s threads, as tune measures."""
@@ -105,7 +109,10 @@ def warm_and_cold(db, tasks, spec) -> dict[str, tuple[float, float]]:
     os.environ["TVM_NUM_THREADS"] = str(default_threads(spec))  # the runner's workers start TVM's pool with it
     target = spec.tvm_target()
     builder = ms.builder.LocalBuilder(max_workers=1, f_build=build_candidate)
-    runners = {cold: make_runner(spec, Measurement(cpu_cache_flush=cold), None) for cold in (False, True)}
+    # The flush runs before each repeat, not each call: cold must be one call a repeat (number 1, no
+    # minimum repeat time), or min_repeat_ms makes the repeat tens of warm calls after one flush.
+    protocols = {False: Measurement(), True: Measurement(repeat=COLD_REPEATS, min_repeat_ms=0, cpu_cache_flush=True)}
+    runners = {cold: make_runner(spec, protocols[cold], None) for cold in (False, True)}
     out = {}
     for task in tasks:
         wid = db.find_workload(task.mod)

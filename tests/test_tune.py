@@ -300,3 +300,16 @@ def test_progress_stays_within_the_plan_and_best_candidates_are_remeasured(tuned
     with sqlite3.connect(path) as conn:
         threads = {t for (t,) in conn.execute("SELECT DISTINCT threads FROM records")}
     assert threads == {default_threads(resolve_target("host"))}
+
+
+def test_a_cache_flush_takes_one_call_a_repeat():
+    """MetaSchedule flushes before each repeat: a repeat of tens of calls (min_repeat_ms) would time
+    them warm after one flush, and report that as cold (benchmarks/profile.py --cold did, session 10)."""
+    from tunekit.tuning import Measurement
+
+    with pytest.raises(ValueError, match="one call"):
+        Measurement(cpu_cache_flush=True)
+    with pytest.raises(ValueError, match="one call"):
+        Measurement(number=4, min_repeat_ms=0, cpu_cache_flush=True)
+    cold = Measurement(repeat=20, min_repeat_ms=0, cpu_cache_flush=True)
+    assert (cold.number, cold.min_repeat_ms) == (1, 0)

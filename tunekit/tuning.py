@@ -31,6 +31,8 @@ class Measurement:
 
     Each candidate runs ``repeat`` times; each repeat is ``number`` calls, more if
     needed to last ``min_repeat_ms``; the candidate's time is the mean of the repeats.
+    ``cpu_cache_flush`` flushes every argument but the first before each repeat, not
+    each call, so it takes one call a repeat (``number`` 1, ``min_repeat_ms`` 0).
     """
 
     number: int = 1
@@ -38,6 +40,12 @@ class Measurement:
     min_repeat_ms: int = 40
     timeout_sec: int = 30
     cpu_cache_flush: bool = False
+
+    def __post_init__(self):
+        if self.cpu_cache_flush and (self.number != 1 or self.min_repeat_ms > 0):
+            raise ValueError("a cache flush precedes each repeat: with it, a repeat must be one call"
+                             f" (number 1, min_repeat_ms 0), not number {self.number}, min_repeat_ms"
+                             f" {self.min_repeat_ms}")
 
 
 @dataclass
