@@ -313,3 +313,25 @@ def test_a_cache_flush_takes_one_call_a_repeat():
         Measurement(number=4, min_repeat_ms=0, cpu_cache_flush=True)
     cold = Measurement(repeat=20, min_repeat_ms=0, cpu_cache_flush=True)
     assert (cold.number, cold.min_repeat_ms) == (1, 0)
+
+
+def test_remeasure_puts_records_of_two_sittings_on_one_scale(tuned_db, cli, tmp_path):
+    """A record whose stored time is from a faster day (here: planted, 1 ns) must not win a merge."""
+    path, _ = tuned_db
+    copy = _copy(path, tmp_path / "r.db")
+    with sqlite3.connect(copy) as conn:
+        wid, rid = conn.execute("SELECT workload_id, MIN(id) FROM records WHERE mean_sec IS NOT NULL"
+                                " GROUP BY workload_id HAVING COUNT(*) >= 2 ORDER BY workload_id").fetchone()
+        contested = conn.execute("SELECT COUNT(*) FROM (SELECT workload_id FROM records WHERE mean_sec IS NOT NULL"
+                                 " GROUP BY workload_id HAVING COUNT(*) >= 2)").fetchone()[0]
+        single = conn.execute("SELECT id, mean_sec FROM records WHERE workload_id IN (SELECT workload_id FROM"
+                              " records GROUP BY workload_id HAVING COUNT(*) = 1)").fetchall()
+        conn.execute("UPDATE records SET mean_sec=1e-9 WHERE id=?", (rid,))
+    result = cli("db", "remeasure", "--db", copy)
+    assert result.exit_code == 0, result.output
+    assert f"re-measured {contested} workload(s)" in result.output
+    with sqlite3.connect(copy) as conn:
+        (sec,) = conn.execute("SELECT mean_sec FROM records WHERE id=?", (rid,)).fetchone()
+        assert sec is not None and sec > 5e-9  # measured again (tens of ns here), not the planted 1 ns
+        assert conn.execute("SELECT id, mean_sec FROM records WHERE workload_id IN (SELECT workload_id FROM"
+                            " records GROUP BY workload_id HAVING COUNT(*) = 1)").fetchall() == single

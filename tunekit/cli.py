@@ -923,5 +923,35 @@ def db_prune(db_path, top_k):
     click.echo(f"deleted {deleted} records; {before / 2**20:.2f} MB -> {path.stat().st_size / 2**20:.2f} MB")
 
 
+@db.command("remeasure")
+@_db_option
+@click.option("--target", "-t", "target", default="host", show_default=True,
+              help="Whose records to measure again (preset, targets/*.json or a TVM target dict); measured here.")
+@click.option("--top", default=4, show_default=True, type=click.IntRange(2),
+              help="Records measured again per workload, the best by their stored times.")
+def db_remeasure(db_path, target, top):
+    """Measure the best records of every workload again, in one sitting.
+
+    A record keeps the time of the moment it was measured, and a VM's speed
+    drifts within the hour, so records merged from two databases do not
+    compare: prune would keep whichever was measured on the faster day. Every
+    workload with two or more records has its --top best rebuilt and run back
+    to back here; their new times replace the old. Prune each set first.
+
+    \b
+    Example:
+      tunekit db prune --db a.db --top-k 1 && tunekit db import --db a.db b-export/
+      tunekit db remeasure --db a.db && tunekit db prune --db a.db --top-k 1
+    """
+    from tunekit import database, tuning
+    from tunekit.targets import resolve_target
+
+    path = _existing_db(db_path)
+    spec = resolve_target(target)
+    db = database.open_database(path, spec.tvm_target())
+    count = tuning.remeasure_database(db, spec, top, lambda i, n, note: click.echo(f"  {i + 1}/{n} {note}"))
+    click.echo(f"re-measured {count} workload(s) with two or more records on {spec.name}")
+
+
 if __name__ == "__main__":
     main()

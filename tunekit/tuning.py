@@ -366,6 +366,24 @@ def measure_schedules(db, task: PlannedTask, schedules: list, source: str, targe
 REMEASURE_TOP = 4
 
 
+def _measure_again(db, wid: int, mod, name: str, target, builder, runner, top: int):
+    """Rebuild and run the ``top`` best records of workload ``wid`` back to back: (record ids, their
+    stored seconds, the new measurements: (seconds per repeat, ArgInfo) or None where it failed)."""
+    from tunekit import fallback
+
+    _, postprocs = fallback.design_spaces(mod, target, name)
+    schedules, ids, before = [], [], []
+    for rid, record, sec in db.best_records(wid, top):
+        try:
+            schedules.append(fallback.replay(mod, record.trace, postprocs))
+        except ValueError:
+            continue
+        ids.append(rid)
+        before.append(sec)
+    task = PlannedTask(wid, name, mod, True, 0, 0)
+    return ids, before, measure(task, schedules, target, builder, runner, db, "remeasure")
+
+
 def remeasure_best(db, task: PlannedTask, target, builder, runner, top: int = REMEASURE_TOP) -> str | None:
     """Measure the ``top`` best records of ``task`` again, back to back, and rank them by the new times.
 
@@ -376,29 +394,52 @@ def remeasure_best(db, task: PlannedTask, target, builder, runner, top: int = RE
     wins again stays first. Returns a note for the progress, None when there
     was nothing to compare.
     """
-    from tunekit import fallback
-
-    rows = db.best_records(task.wid, top)
-    if len(rows) < 2:
+    if len(db.best_records(task.wid, 2)) < 2:
         return None
-    _, postprocs = fallback.design_spaces(task.mod, target, task.name)
-    schedules, ids, before = [], [], []
-    for rid, record, sec in rows:
-        try:
-            schedules.append(fallback.replay(task.mod, record.trace, postprocs))
-        except ValueError:
-            continue
-        ids.append(rid)
-        before.append(sec)
-    again = measure(task, schedules, target, builder, runner, db, "remeasure")
+    ids, before, again = _measure_again(db, task.wid, task.mod, task.name, target, builder, runner, top)
     for rid, old, new in zip(ids, before, again):
         db.set_mean_sec(rid, max(old, sum(new[0]) / len(new[0])) if new else None)
     kept = db.best_records(task.wid, 1)
-    if not kept:
+    if not kept or not ids:
         return None
     moved = kept[0][0] != ids[0]
     return (f"re-measured best {len(ids)}: {before[0] * 1e6:.1f} us -> {kept[0][2] * 1e6:.1f} us"
             + (" (another candidate won the re-run)" if moved else ""))
+
+
+def remeasure_database(db, spec: TargetSpec, top: int = REMEASURE_TOP,
+                       on_workload: Callable[[int, int, str], None] | None = None) -> int:
+    """Measure the ``top`` best records of every workload with two or more of them again, in this one
+    sitting, and store the new times in place of the old.
+
+    A record keeps the time of the moment it was measured, and this machine's
+    speed drifts by 15-26% within an hour (benchmarks/README.md), so records
+    merged from two databases (two sessions' reference sets) do not compare:
+    a plain ``prune`` keeps whichever was measured on the faster day. Prune each
+    set to its best first, merge, re-measure, then prune. Returns the number of
+    workloads re-measured; ``on_workload(index, count, note)`` reports each.
+    """
+    from tvm.s_tir import meta_schedule as ms
+
+    target = spec.tvm_target()
+    threads = default_threads(spec)
+    os.environ["TVM_NUM_THREADS"] = str(threads)  # the runner's workers measure on the deployed threads
+    db.threads = threads
+    builder = ms.builder.LocalBuilder(max_workers=max(1, os.cpu_count() or 1), f_build=build_candidate)
+    runner = make_runner(spec, Measurement(), None)
+    wids = db.contested_workloads()
+    for index, wid in enumerate(wids):
+        mod = db.workload_by_id(wid).mod
+        ids, before, again = _measure_again(db, wid, mod, "main", target, builder, runner, top)
+        for rid, new in zip(ids, again):
+            db.set_mean_sec(rid, sum(new[0]) / len(new[0]) if new else None)
+        if on_workload:
+            kept = db.best_records(wid, 1)
+            after = f"{kept[0][2] * 1e6:.1f} us" if kept else "none ran"
+            on_workload(index, len(wids), f"workload {wid}: {len(ids)} records, best {before[0] * 1e6:.1f} us"
+                        f" -> {after}" if before else f"workload {wid}: no record replays")
+    db.checkpoint()
+    return len(wids)
 
 
 def batch_noise(runner_results) -> float | None:

@@ -220,6 +220,13 @@ class TuningDatabase(PyDatabase):
             (wid, self.target_key, self.version, top_k)).fetchall()
         return [(rid, TuningRecord.from_json(json.loads(text), workload), sec) for rid, text, sec in rows]
 
+    def contested_workloads(self) -> list[int]:
+        """Workloads with two or more measured records here (the ones a re-measure can re-rank)."""
+        rows = self.conn.execute("SELECT workload_id FROM records WHERE target=? AND tvm_version=?"
+                                 " AND mean_sec IS NOT NULL GROUP BY workload_id HAVING COUNT(*) >= 2"
+                                 " ORDER BY workload_id", (self.target_key, self.version)).fetchall()
+        return [wid for (wid,) in rows]
+
     def set_mean_sec(self, record_id: int, sec: float | None) -> None:
         """A record's time after it was measured again (None: it failed to run again)."""
         self.conn.execute("UPDATE records SET mean_sec=? WHERE id=?", (sec, record_id))
