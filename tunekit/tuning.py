@@ -312,6 +312,22 @@ def make_runner(spec: TargetSpec, measurement: Measurement, rpc: tuple[str, int,
     return ms.runner.RPCRunner(rpc_config=rpc_config, evaluator_config=config, max_workers=servers)
 
 
+def measurers(db, spec: TargetSpec, measurement: Measurement, rpc: tuple[str, int, str] | None = None):
+    """The builder and runner that measure candidates, and the builder's worker count.
+
+    Candidates are measured on the threads the artifacts will run with: TVM's pool in the runner's
+    workers reads TVM_NUM_THREADS (unset, it takes half the logical CPUs, one of two here)."""
+    from tvm.s_tir import meta_schedule as ms
+
+    threads = default_threads(spec)
+    os.environ["TVM_NUM_THREADS"] = str(threads)
+    db.threads = threads if rpc is None else None  # a remote device's threads are its rpc_server's
+    workers = max(1, os.cpu_count() or 1)
+    builder = ms.builder.LocalBuilder(max_workers=workers, timeout_sec=measurement.timeout_sec,
+                                      f_build=build_candidate)
+    return builder, make_runner(spec, measurement, rpc), workers
+
+
 def measure(task: PlannedTask, schedules: list, target, builder, runner, db, source: str) -> list:
     """Build and run ready-made schedules of ``task``: per schedule, (seconds per repeat, its ArgInfo), or
     None where it failed (failures are recorded in ``db`` as data)."""
@@ -366,14 +382,14 @@ def measure_schedules(db, task: PlannedTask, schedules: list, source: str, targe
 REMEASURE_TOP = 4
 
 
-def _measure_again(db, wid: int, mod, name: str, target, builder, runner, top: int):
-    """Rebuild and run the ``top`` best records of workload ``wid`` back to back: (record ids, their
+def _measure_again(db, wid: int, rows: list, mod, name: str, target, builder, runner):
+    """Rebuild and run ``rows`` (``best_records`` of workload ``wid``) back to back: (record ids, their
     stored seconds, the new measurements: (seconds per repeat, ArgInfo) or None where it failed)."""
     from tunekit import fallback
 
     _, postprocs = fallback.design_spaces(mod, target, name)
     schedules, ids, before = [], [], []
-    for rid, record, sec in db.best_records(wid, top):
+    for rid, record, sec in rows:
         try:
             schedules.append(fallback.replay(mod, record.trace, postprocs))
         except ValueError:
@@ -394,9 +410,10 @@ def remeasure_best(db, task: PlannedTask, target, builder, runner, top: int = RE
     wins again stays first. Returns a note for the progress, None when there
     was nothing to compare.
     """
-    if len(db.best_records(task.wid, 2)) < 2:
+    rows = db.best_records(task.wid, top)
+    if len(rows) < 2:
         return None
-    ids, before, again = _measure_again(db, task.wid, task.mod, task.name, target, builder, runner, top)
+    ids, before, again = _measure_again(db, task.wid, rows, task.mod, task.name, target, builder, runner)
     for rid, old, new in zip(ids, before, again):
         db.set_mean_sec(rid, max(old, sum(new[0]) / len(new[0])) if new else None)
     kept = db.best_records(task.wid, 1)
@@ -419,25 +436,23 @@ def remeasure_database(db, spec: TargetSpec, top: int = REMEASURE_TOP,
     set to its best first, merge, re-measure, then prune. Returns the number of
     workloads re-measured; ``on_workload(index, count, note)`` reports each.
     """
-    from tvm.s_tir import meta_schedule as ms
-
     target = spec.tvm_target()
-    threads = default_threads(spec)
-    os.environ["TVM_NUM_THREADS"] = str(threads)  # the runner's workers measure on the deployed threads
-    db.threads = threads
-    builder = ms.builder.LocalBuilder(max_workers=max(1, os.cpu_count() or 1), f_build=build_candidate)
-    runner = make_runner(spec, Measurement(), None)
+    builder, runner, _ = measurers(db, spec, Measurement())
     wids = db.contested_workloads()
     for index, wid in enumerate(wids):
-        mod = db.workload_by_id(wid).mod
-        ids, before, again = _measure_again(db, wid, mod, "main", target, builder, runner, top)
+        rows = db.best_records(wid, top)
+        ids, before, again = _measure_again(db, wid, rows, db.workload_by_id(wid).mod, "main", target, builder,
+                                            runner)
         for rid, new in zip(ids, again):
             db.set_mean_sec(rid, sum(new[0]) / len(new[0]) if new else None)
-        if on_workload:
-            kept = db.best_records(wid, 1)
-            after = f"{kept[0][2] * 1e6:.1f} us" if kept else "none ran"
-            on_workload(index, len(wids), f"workload {wid}: {len(ids)} records, best {before[0] * 1e6:.1f} us"
-                        f" -> {after}" if before else f"workload {wid}: no record replays")
+        if not on_workload:
+            continue
+        if not ids:
+            on_workload(index, len(wids), f"workload {wid}: no record replays")
+            continue
+        kept = db.best_records(wid, 1)
+        after = f"{kept[0][2] * 1e6:.1f} us" if kept else "none ran"
+        on_workload(index, len(wids), f"workload {wid}: {len(ids)} records, best {before[0] * 1e6:.1f} us -> {after}")
     db.checkpoint()
     return len(wids)
 
@@ -500,15 +515,7 @@ def tune(db, spec: TargetSpec, the_plan: Plan, log_path: Path, measurement: Meas
     if not todo:
         return TuneResult(the_plan, 0, 0, 0.0)
 
-    # Candidates are measured on the threads the artifacts will run with: TVM's pool in the runner's
-    # workers reads TVM_NUM_THREADS (unset, it takes half the logical CPUs, one of two here).
-    threads = default_threads(spec)
-    os.environ["TVM_NUM_THREADS"] = str(threads)
-    db.threads = threads if rpc is None else None  # a remote device's threads are its rpc_server's
-    workers = max(1, os.cpu_count() or 1)
-    builder = ms.builder.LocalBuilder(max_workers=workers, timeout_sec=measurement.timeout_sec,
-                                      f_build=build_candidate)
-    runner = make_runner(spec, measurement, rpc)
+    builder, runner, workers = measurers(db, spec, measurement, rpc)
     cost_model = ms.cost_model.XGBModel(num_tuning_cores=workers, tree_method="auto")
 
     def on_batch(count, failed, best):
