@@ -60,7 +60,8 @@ def vm_profile(artifact, runs: int) -> tuple[float, list[tuple[str, int, float]]
     import time
 
     import numpy as np
-    from tvm.runtime.vm import VMInstrumentReturnKind
+
+    from tunekit.rerank import call_times
 
     x = np.random.default_rng(0).standard_normal(artifact.input["shape"]).astype(artifact.input["dtype"])
     for _ in range(5):
@@ -70,26 +71,7 @@ def vm_profile(artifact, runs: int) -> tuple[float, list[tuple[str, int, float]]
         t0 = time.perf_counter()
         artifact.run(x)
         whole.append((time.perf_counter() - t0) * 1e6)
-    this_run: dict[str, list[float]] = {}
-    started: list[float] = []
-
-    def instrument(func, symbol, before, ret, *args):
-        if before:
-            started.append(time.perf_counter())
-        else:
-            this_run.setdefault(symbol, []).append((time.perf_counter() - started.pop()) * 1e6)
-        return VMInstrumentReturnKind.NO_OP  # run the call as usual
-
-    artifact.set_instrument(instrument)
-    per_run: dict[str, list[float]] = {}
-    calls: dict[str, int] = {}
-    for _ in range(runs):
-        this_run.clear()
-        artifact.run(x)
-        for symbol, times in this_run.items():
-            per_run.setdefault(symbol, []).append(sum(times))
-            calls[symbol] = len(times)
-    artifact.set_instrument(None)
+    per_run, calls = call_times(artifact, x, runs)
     rows = [(symbol, calls[symbol], statistics.median(t)) for symbol, t in per_run.items()]
     return statistics.median(whole), sorted(rows, key=lambda r: -r[2])
 

@@ -335,3 +335,45 @@ def test_remeasure_puts_records_of_two_sittings_on_one_scale(tuned_db, cli, tmp_
         assert sec is not None and sec > 5e-9  # measured again (tens of ns here), not the planted 1 ns
         assert conn.execute("SELECT id, mean_sec FROM records WHERE workload_id IN (SELECT workload_id FROM"
                             " records GROUP BY workload_id HAVING COUNT(*) = 1)").fetchall() == single
+
+
+def test_rerank_times_candidates_in_the_run_and_build_takes_the_fastest_there(tuned_db, cli, tmp_path):
+    """A record planted as the fastest alone (1 ns) is timed in whole runs like the others; from then on the
+    record fastest in the run is the one build (get_top_k) and prune take, whatever the times alone say."""
+    from tvm.s_tir.meta_schedule.database.database import _ffi_api
+
+    from tunekit.tuning_database import to_plain_json
+
+    path, _ = tuned_db
+    copy = _copy(path, tmp_path / "r.db")
+    with sqlite3.connect(copy) as conn:
+        wid, planted = conn.execute("SELECT workload_id, MAX(id) FROM records WHERE mean_sec IS NOT NULL"
+                                    " GROUP BY workload_id HAVING COUNT(*) >= 2 ORDER BY workload_id").fetchone()
+        conn.execute("UPDATE records SET mean_sec=1e-9 WHERE id=?", (planted,))
+    result = cli("db", "rerank", *TINY[:4], "--db", copy, "--top", 2, "--runs", 8)
+    assert result.exit_code == 0, result.output
+    assert "build 2/2" in result.output and "tasks with two or more candidates" in result.output
+
+    def run_times():
+        with sqlite3.connect(copy) as conn:
+            return dict(conn.execute("SELECT id, run_sec FROM records WHERE workload_id=? AND run_sec IS NOT NULL",
+                                     (wid,)).fetchall())
+
+    def taken():
+        db = database.open_database(copy, resolve_target("host").tvm_target())
+        (record,) = db.get_top_k(db.workload_by_id(wid), 1)
+        with sqlite3.connect(copy) as conn:
+            rows = conn.execute("SELECT id, record_json FROM records WHERE workload_id=?", (wid,)).fetchall()
+        text = json.dumps(to_plain_json(_ffi_api.TuningRecordAsJSON(record)))
+        return next(rid for rid, stored in rows if stored == text)
+
+    times = run_times()
+    assert len(times) == 2 and planted in times and all(sec > 1e-7 for sec in times.values())  # timed, not 1 ns
+    assert taken() == min(times, key=times.get)
+    loser = max(times, key=times.get)
+    with sqlite3.connect(copy) as conn:  # the other one faster in the run: build and prune follow the run
+        conn.execute("UPDATE records SET run_sec=1e-9 WHERE id=?", (loser,))
+    assert taken() == loser
+    assert cli("db", "prune", "--db", copy, "--top-k", 1).exit_code == 0
+    with sqlite3.connect(copy) as conn:
+        assert conn.execute("SELECT id FROM records WHERE workload_id=?", (wid,)).fetchall() == [(loser,)]

@@ -137,12 +137,13 @@ def plan(job: Job, trials: int | None = None, trials_per_task: int | None = None
 
 def tune(job: Job, trials: int | None = None, trials_per_task: int | None = None, transfer: bool = True,
          anchors: list[int] | None = None, rpc: tuple[str, int, str] | None = None, seed: int = 0,
-         the_plan=None, on_progress: Callable | None = None):
+         the_plan=None, on_progress: Callable | None = None, cache_flush: bool = False):
     """Tune every task of ``job`` with MetaSchedule into its database; resumes what an earlier run began.
 
     ``rpc`` is (tracker host, port, device key) to measure remotely; ``the_plan`` a ``plan`` made
     with the same arguments (made here when None). ``on_progress``
-    receives a ``tuning.Progress`` after every batch. Returns a ``tuning.TuneResult``
+    receives a ``tuning.Progress`` after every batch; ``cache_flush`` times candidates with cold weights
+    (``tuning.COLD_WEIGHTS``). Returns a ``tuning.TuneResult``
     (``interrupted`` is True after Ctrl-C; every measured trial is kept).
     """
     from tunekit import tuning
@@ -152,7 +153,8 @@ def tune(job: Job, trials: int | None = None, trials_per_task: int | None = None
     db = job.open_database(create=True)
     try:
         with native_stderr_to(log_path):
-            return tuning.tune(db, job.spec, the_plan, log_path, rpc=rpc, seed=seed,
+            measurement = tuning.COLD_WEIGHTS if cache_flush else tuning.Measurement()
+            return tuning.tune(db, job.spec, the_plan, log_path, measurement, rpc=rpc, seed=seed,
                                on_progress=on_progress, transfer=transfer)
     finally:
         db.checkpoint()
@@ -175,6 +177,34 @@ def build(job: Job, out: str | Path | None = None, transfer: bool = True,
     with native_stderr_to(out_dir / "build.log"):  # TVM's C++ warnings
         return building.build(job.spec, job.keys, job.graph, job.reference(), job.open_database(), out_dir,
                               on_done=on_done, transfer=transfer)
+
+
+def rerank(job: Job, top: int | None = None, runs: int | None = None, on_build: Callable | None = None) -> dict:
+    """Time each task's best few records inside whole runs of the model at each of the job's resolutions and
+    store those times, so build takes the record fastest in the run (``tunekit.rerank``). Returns
+    {resolution: [``rerank.Ranked``]}; ``on_build(side, rank, ranks)`` reports each build.
+
+    Raises
+    ------
+    TunekitError
+        No database.
+    """
+    from tunekit import rerank as rr
+
+    db = job.open_database()
+    if db is None:
+        raise TunekitError(f"no tuning database at {job.db_path} (tune something first, or pass --db)")
+    reference = job.reference()
+    out = {}
+    try:
+        with native_stderr_to(job.db_path.with_suffix(".log")):
+            for key in job.keys:
+                out[key.height] = rr.rerank(db, job.spec, key, job.graph(key), reference(key),
+                                            top or rr.DEFAULT_TOP, runs or rr.DEFAULT_RUNS,
+                                            on_build and (lambda rank, ranks, side=key.height: on_build(side, rank, ranks)))
+    finally:
+        db.checkpoint()
+    return out
 
 
 def convergence(job: Job) -> dict:

@@ -224,7 +224,7 @@ def build(spec: TargetSpec, keys: list[Key], graph_of: Callable[[Key], object],
         path = out / artifact_name(key, spec)
         tmp = path.with_name(path.name + ".tmp.so")
         try:
-            built = _write_verified(key, spec, graph, executable, tmp, tuned, transferred, fallbacks, compile_s,
+            built = write_verified(key, spec, graph, executable, tmp, tuned, transferred, fallbacks, compile_s,
                                     runnable, reference_of, path)
         except BaseException:  # a failed check, an error, Ctrl-C: no half-written library is left behind
             tmp.unlink(missing_ok=True)
@@ -239,7 +239,7 @@ def build(spec: TargetSpec, keys: list[Key], graph_of: Callable[[Key], object],
     return results
 
 
-def _write_verified(key, spec, graph, executable, tmp, tuned, transferred, fallbacks, compile_s, runnable,
+def write_verified(key, spec, graph, executable, tmp, tuned, transferred, fallbacks, compile_s, runnable,
                     reference_of, path) -> "Built":
     """Export ``executable`` to ``tmp`` and verify it there; returns what went in (``path`` is its final name)."""
     from tunekit import onnxutil

@@ -290,9 +290,13 @@ class _Reporter:
 @click.option("--no-transfer", is_flag=True,
               help="Tune every resolution independently: no schedules adapted from other resolutions, "
                    "the same budget for every task.")
+@click.option("--cache-flush", is_flag=True,
+              help="Time each candidate's single calls after flushing its weights and output from the CPU caches, "
+                   "as a layer finds them in a whole run of a model too big for the cache. Its times do not "
+                   "compare with warm ones: tune into a database of its own, then merge and `tunekit db rerank`.")
 @click.option("--dry-run", is_flag=True, help="Plan (tasks, budget, what is already done) and stop.")
 def tune(model, onnx_file, res, target, trials, trials_per_task, batch, weights, db_path, rpc, rpc_key, seed,
-         anchor, no_transfer, dry_run):
+         anchor, no_transfer, cache_flush, dry_run):
     """Tune every task of a model at each resolution with MetaSchedule.
 
     Records land in the database as they are measured. Running the same command
@@ -324,7 +328,7 @@ def tune(model, onnx_file, res, target, trials, trials_per_task, batch, weights,
     reporter = _Reporter(plan.new)
     try:
         result = api.tune(job, transfer=not no_transfer, rpc=rpc_addr, seed=seed, the_plan=plan,
-                          on_progress=reporter)
+                          on_progress=reporter, cache_flush=cache_flush)
     finally:
         reporter.close()
     rate = result.trials_run / result.seconds if result.seconds else 0.0
@@ -952,6 +956,48 @@ def db_remeasure(db_path, target, top):
     count = tuning.remeasure_database(db, spec, top, lambda i, n, note: click.echo(f"  {i + 1}/{n} {note}"))
     click.echo(f"re-measured {count} workload(s) with two or more records on {spec.name}")
 
+
+
+@db.command("rerank")
+@_model_options
+@click.option("--res", required=True, help="Resolutions: 224, 160,224 or 112..448.")
+@click.option("--target", "-t", "target", default="host", show_default=True,
+              help="Preset, a targets/*.json file or a TVM target dict; timed here, so the host's.")
+@click.option("--batch", default=1, show_default=True, type=click.IntRange(1, 1024))
+@click.option("--weights", type=click.Path(exists=True, dir_okay=False), help="A state_dict file (zoo models).")
+@_db_option
+@click.option("--top", default=4, show_default=True, type=click.IntRange(2),
+              help="Candidates per task: the best so far, then the fastest measured alone.")
+@click.option("--runs", default=20, show_default=True, type=click.IntRange(4), help="Timed runs of each build.")
+def db_rerank(model, onnx_file, res, target, batch, weights, db_path, top, runs):
+    """Rank each task's best records by their time inside a whole run of the model.
+
+    Tuning times a kernel alone, its weights warm in cache; in a whole run a
+    layer finds its weights cold, and the kernel fastest alone is often not the
+    fastest there. This builds the model once per candidate rank (every task's
+    i-th best record), verifies each build, times every call of every build in
+    turn, and stores the times: from then on build, prune and export take the
+    record fastest in the run. Run it after tune, before prune.
+
+    \b
+    Example:
+      tunekit db rerank --model resnet50 --res 112,168 --db tuning_logs/r50.db
+      tunekit db prune --db tuning_logs/r50.db --top-k 1
+    """
+    from tunekit import api
+
+    job = api.Job(model, onnx_file, res, batch, weights, target, _existing_db(db_path))
+    click.echo(f"timing up to {top} candidates a task inside whole runs of {job.name} on {job.spec.name}")
+    ranked = api.rerank(job, top, runs,
+                        lambda side, rank, ranks: click.echo(f"  {side}: build {rank + 1}/{ranks}"))
+    for side, rows in ranked.items():
+        changed = [r for r in rows if r.chosen != 0]
+        click.echo(f"{side}x{side}: {len(rows)} tasks with two or more candidates; {len(changed)} change their "
+                   f"record, saving {sum(r.saved_us for r in changed) / 1000:.2f} ms a run (as timed in the run)")
+        for r in changed:
+            times = " / ".join(f"{us:.1f}" for us in r.run_us)
+            click.echo(f"  {r.task} x{r.uses}: us a call {times}; takes candidate {r.chosen + 1}, "
+                       f"-{r.saved_us:.0f} us a run")
 
 if __name__ == "__main__":
     main()

@@ -24,6 +24,9 @@ from tunekit.errors import TunekitError
 DEFAULT_DB = Path("tuning_logs") / "tunekit.db"
 SCHEMA_VERSION = 1
 FAILED_SECS = 1e9  # MetaSchedule stores 1e10 s for a candidate that failed to build or run
+# A workload's best record: the fastest inside a whole run of the model where `db rerank` timed some
+# there, else the fastest measured alone (tuning's time). Build, prune and the search's seeds use it.
+BEST_FIRST = "run_sec IS NULL, run_sec, mean_sec"
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -42,7 +45,8 @@ CREATE TABLE IF NOT EXISTS records (
     mean_sec REAL,              -- NULL: the candidate failed to build or run
     source TEXT NOT NULL,       -- 'search', 'transfer', 'default', 'remeasure', 'import'
     created REAL NOT NULL,
-    threads INTEGER             -- CPU threads the candidate was measured on (NULL: unknown)
+    threads INTEGER,            -- CPU threads the candidate was measured on (NULL: unknown)
+    run_sec REAL                -- per-call time inside a whole run of the model (db rerank); NULL: not timed there
 );
 CREATE INDEX IF NOT EXISTS records_by_workload ON records (workload_id, target, tvm_version, mean_sec);
 CREATE TABLE IF NOT EXISTS tasks (
@@ -127,8 +131,10 @@ def connect(path: str | Path, readonly: bool = False) -> sqlite3.Connection:
         if row is None:
             conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
         _check_version(conn, path)
-        if "threads" not in {row[1] for row in conn.execute("PRAGMA table_info(records)")}:
-            conn.execute("ALTER TABLE records ADD COLUMN threads INTEGER")  # files from before the column
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(records)")}
+        for column, kind in (("threads", "INTEGER"), ("run_sec", "REAL")):  # files from before the column
+            if column not in columns:
+                conn.execute(f"ALTER TABLE records ADD COLUMN {column} {kind}")
     except sqlite3.DatabaseError as exc:
         conn.close()
         raise TunekitError(f"{path} is not a tunekit database: {exc}") from None
@@ -267,10 +273,10 @@ def prune(path: str | Path, top_k: int) -> int:
     not re-tune them."""
     conn = connect(path)
     conn.execute("BEGIN IMMEDIATE")
-    conn.execute("""CREATE TEMP TABLE doomed AS SELECT id, workload_id, target, tvm_version FROM (
+    conn.execute(f"""CREATE TEMP TABLE doomed AS SELECT id, workload_id, target, tvm_version FROM (
         SELECT id, workload_id, target, tvm_version, ROW_NUMBER() OVER (
             PARTITION BY workload_id, target, tvm_version
-            ORDER BY mean_sec IS NULL, mean_sec) AS rank FROM records) WHERE rank > ?""", (top_k,))
+            ORDER BY mean_sec IS NULL, {BEST_FIRST}) AS rank FROM records) WHERE rank > ?""", (top_k,))
     conn.execute("""INSERT INTO pruned SELECT workload_id, target, tvm_version, COUNT(*) FROM doomed
         GROUP BY 1, 2, 3 ON CONFLICT (workload_id, target, tvm_version) DO UPDATE SET n = n + excluded.n""")
     deleted = conn.execute("DELETE FROM records WHERE id IN (SELECT id FROM doomed)").rowcount

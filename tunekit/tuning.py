@@ -48,6 +48,11 @@ class Measurement:
                              f" {self.min_repeat_ms}")
 
 
+# Single calls, each after MetaSchedule's flush of every argument but the first (the input): the weights
+# and output come from memory, as in a whole run of a model whose weights outgrow the cache (tune --cache-flush).
+COLD_WEIGHTS = Measurement(number=1, repeat=10, min_repeat_ms=0, cpu_cache_flush=True)
+
+
 @dataclass
 class PlannedTask:
     """A unique workload to tune and where it is used."""

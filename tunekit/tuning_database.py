@@ -18,7 +18,7 @@ from tvm.ir.utils import derived_object
 from tvm.s_tir.meta_schedule.database import PyDatabase, TuningRecord, Workload
 from tvm.s_tir.meta_schedule.database.database import _ffi_api
 
-from tunekit.database import FAILED_SECS, connect, target_key, tvm_version
+from tunekit.database import BEST_FIRST, FAILED_SECS, connect, target_key, tvm_version
 
 
 @dataclass(frozen=True)
@@ -169,7 +169,7 @@ class TuningDatabase(PyDatabase):
     def get_top_k(self, workload: Workload, top_k: int) -> list[TuningRecord]:
         rows = self.conn.execute(
             "SELECT record_json FROM records WHERE workload_id=? AND target=? AND tvm_version=?"
-            " AND mean_sec IS NOT NULL ORDER BY mean_sec LIMIT ?",
+            f" AND mean_sec IS NOT NULL ORDER BY {BEST_FIRST} LIMIT ?",
             (self._id_of(workload), self.target_key, self.version, top_k)).fetchall()
         return [TuningRecord.from_json(json.loads(text), workload) for (text,) in rows]
 
@@ -219,6 +219,26 @@ class TuningDatabase(PyDatabase):
             " AND mean_sec IS NOT NULL ORDER BY mean_sec LIMIT ?",
             (wid, self.target_key, self.version, top_k)).fetchall()
         return [(rid, TuningRecord.from_json(json.loads(text), workload), sec) for rid, text, sec in rows]
+
+    def rerank_candidates(self, wid: int, top_k: int) -> list[tuple[int, TuningRecord]]:
+        """What ``db rerank`` times in a run: the workload's best (``BEST_FIRST``: an earlier rerank's choice
+        if any) first, then the fastest measured alone, ``top_k`` in all: (record id, record)."""
+        workload = self.workload_by_id(wid)
+        rows = self.conn.execute(
+            "SELECT id, record_json FROM records WHERE workload_id=? AND target=? AND tvm_version=?"
+            f" AND mean_sec IS NOT NULL ORDER BY id = (SELECT id FROM records WHERE workload_id=? AND target=?"
+            f" AND tvm_version=? AND mean_sec IS NOT NULL ORDER BY {BEST_FIRST} LIMIT 1) DESC, mean_sec LIMIT ?",
+            (wid, self.target_key, self.version) * 2 + (top_k,)).fetchall()
+        return [(rid, TuningRecord.from_json(json.loads(text), workload)) for rid, text in rows]
+
+    def set_run_secs(self, wid: int, secs: dict[int, float]) -> None:
+        """The times of a rerank: ``secs`` {record id: seconds a call in a whole run}; every other record of the
+        workload loses any earlier run time (one sitting's times compare, two sittings' do not)."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        self.conn.execute("UPDATE records SET run_sec=NULL WHERE workload_id=? AND target=? AND tvm_version=?",
+                          (wid, self.target_key, self.version))
+        self.conn.executemany("UPDATE records SET run_sec=? WHERE id=?", [(s, rid) for rid, s in secs.items()])
+        self.conn.execute("COMMIT")
 
     def contested_workloads(self) -> list[int]:
         """Workloads with two or more measured records here (the ones a re-measure can re-rank)."""
