@@ -85,6 +85,8 @@ CASES = [
     (["db", "list", "--db", "{root}/tvmjson"], "is a directory"),
     (["tune", *TINY, "--db", "{root}/other.db", "--dry-run"], "not a tunekit database; it is left untouched"),
     (["db", "import", "--db", "{root}/new.db", "{root}/tvmjson"], "not a TVM JSON database"),
+    (["db", "rerank", *TINY, "--db", "{root}/missing.db"], "no tuning database at"),
+    (["db", "rerank", *TINY, "--db", "{root}/other.db"], "not a tunekit database"),
     (["flops", "--model", "tinyconv", "--res", "224x160"], "non-square resolutions (224x160)"),
     (["flops", "--model", "nosuchmodel", "--res", "224"], "unknown model 'nosuchmodel'"),
     (["bench", *TINY, "--backends", "tuned,tensorrt"], "unknown backend 'tensorrt'"),

@@ -187,13 +187,16 @@ def rerank(job: Job, top: int | None = None, runs: int | None = None, on_build: 
     Raises
     ------
     TunekitError
-        No database.
+        No database, or a GPU target on a machine without one.
     """
     from tunekit import rerank as rr
+    from tunekit.runtime import has_cuda
 
     db = job.open_database()
     if db is None:
         raise TunekitError(f"no tuning database at {job.db_path} (tune something first, or pass --db)")
+    if job.spec.is_gpu and not has_cuda():
+        raise TunekitError(f"rerank runs the model here, and {job.spec.name} needs a GPU this machine lacks")
     reference = job.reference()
     out = {}
     try:
