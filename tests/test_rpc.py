@@ -1,5 +1,7 @@
 """Remote measurement through a real TVM RPC tracker and two servers on 127.0.0.1."""
 
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -27,15 +29,31 @@ def _wait_for(predicate, seconds=60):
     return False
 
 
+def _alive_in_groups(groups: set[int]) -> list[int]:
+    """Pids of the processes (zombies aside) in any of these process groups (Linux /proc)."""
+    alive = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            fields = open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[0] != "Z" and int(fields[2]) in groups:
+            alive.append(int(entry))
+    return alive
+
+
 @pytest.fixture
 def tracker():
-    """A tracker and two rpc_servers registered under KEY; all stopped afterwards."""
+    """A tracker and two rpc_servers registered under KEY; all stopped afterwards.
+
+    Each runs in its own process group, stopped as a group: TVM's servers fork popen workers,
+    which a plain terminate() would leave running, orphaned."""
     from tunekit.rpc import check_tracker
 
     port = _free_port()
     procs = [subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", "127.0.0.1",
                                "--port", str(port), "--port-end", str(port + 1)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)]
     try:
         def up():
             try:
@@ -50,7 +68,7 @@ def tracker():
             procs.append(subprocess.Popen(
                 [sys.executable, "-m", "tvm.exec.rpc_server", "--tracker", f"127.0.0.1:{port}", "--key", KEY,
                  "--host", "127.0.0.1", "--port", str(server_port), "--port-end", str(server_port + 1)],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
 
         def registered():
             try:
@@ -62,9 +80,11 @@ def tracker():
         yield port
     finally:
         for proc in procs:
-            proc.terminate()
+            os.killpg(proc.pid, signal.SIGTERM)
         for proc in procs:
             proc.wait(timeout=30)
+        groups = {proc.pid for proc in procs}
+        assert _wait_for(lambda: not _alive_in_groups(groups), 10), f"left running: {_alive_in_groups(groups)}"
 
 
 def test_tune_over_rpc(cli, tmp_path, tracker):
