@@ -124,3 +124,49 @@ def test_a_trace_that_cannot_be_adapted_is_skipped_with_a_reason(tuned48, tmp_pa
                                            "fused_conv2d_add1_relu1", 32, None)
     assert skipped and "design space" in skipped[0]
     assert len(tasks48) == 7
+
+
+def _another_class(same_isa: bool) -> str:
+    """An LLVM mcpu other than the host's, of the host's vector ISA or of another one."""
+    import tvm
+
+    from tunekit.fallback import vector_isa
+
+    isa = vector_isa(HOST)
+    for mcpu in ("skylake-avx512", "znver4", "haswell", "znver1"):
+        if mcpu != str(HOST.attrs["mcpu"]):
+            other = vector_isa(tvm.target.Target({"kind": "llvm", "mcpu": mcpu}))
+            if (other == isa) == same_isa:
+                return mcpu
+    raise AssertionError("no such mcpu")
+
+
+def test_records_of_a_sibling_class_seed_the_search_and_build_verified(tuned48, cli, tmp_path):
+    """Records moved to two other CPU classes (as `db import` of their reference sets leaves them): the one of
+    the host's vector ISA seeds every searchable task, measured here; the other ISA's is never used."""
+    path = _copy(tuned48, tmp_path / "sib.db")
+    host = json.loads(database.target_key(HOST))
+    sibling, alien = _another_class(True), _another_class(False)
+    with sqlite3.connect(path) as conn:
+        best = conn.execute("SELECT workload_id, MIN(mean_sec) FROM records WHERE mean_sec IS NOT NULL"
+                            " GROUP BY workload_id").fetchall()
+        conn.execute("UPDATE records SET target = ?", (json.dumps({**host, "mcpu": sibling}, sort_keys=True),))
+        conn.execute("INSERT INTO records (workload_id, target, tvm_version, record_json, mean_sec, source, created)"
+                     " SELECT workload_id, ?, tvm_version, record_json, mean_sec / 10, 'import', created FROM records",
+                     (json.dumps({**host, "mcpu": alien}, sort_keys=True),))
+        conn.execute("DELETE FROM pruned")
+    result = cli("tune", "--model", "tinyconv", "--res", "48", "--trials-per-task", "2", "--db", path)
+    assert result.exit_code == 0, result.output
+    assert f"from llvm/{sibling}/" in result.output and f"llvm/{alien}/" not in result.output
+    searchable = {wid for wid, _ in best}
+    with sqlite3.connect(path) as conn:
+        seeded = conn.execute("SELECT DISTINCT workload_id FROM records WHERE source = 'sibling' AND target = ?",
+                              (database.target_key(HOST),)).fetchall()
+        assert conn.execute("SELECT COUNT(*) FROM records WHERE source = 'sibling' AND mean_sec IS NULL"
+                            ).fetchone()[0] == 0
+    # every workload tuned before has its sibling record measured here (single-schedule tasks are not seeded)
+    assert len(seeded) >= 3 and {wid for (wid,) in seeded} <= searchable
+    result = cli("build", "--model", "tinyconv", "--res", "48", "--db", path, "--out", tmp_path / "a")
+    assert result.exit_code == 0, result.output
+    (entry,) = json.loads((tmp_path / "a" / "manifest.json").read_text())["artifacts"]
+    assert entry["fallback"] == 0 and entry["verification"] == "verified"

@@ -43,7 +43,7 @@ CREATE TABLE IF NOT EXISTS records (
     tvm_version TEXT NOT NULL,
     record_json TEXT NOT NULL,
     mean_sec REAL,              -- NULL: the candidate failed to build or run
-    source TEXT NOT NULL,       -- 'search', 'transfer', 'default', 'remeasure', 'import'
+    source TEXT NOT NULL,       -- 'search', 'transfer', 'sibling', 'default', 'remeasure', 'import'
     created REAL NOT NULL,
     threads INTEGER,            -- CPU threads the candidate was measured on (NULL: unknown)
     run_sec REAL                -- per-call time inside a whole run of the model (db rerank); NULL: not timed there

@@ -16,6 +16,12 @@ the extents. So a donor's trace is adapted by:
 
 Donors are found by name in the ``tasks`` table (``TuningDatabase.donors``): records of the task with the
 same name, model and batch at other resolutions, nearest resolution first.
+
+Across CPU classes (``siblings``): records are bound to the exact target they were measured on, but a
+workload's best record on another class with the same vector ISA (reference records of znver4 on a znver5
+host, imported with ``tunekit db import``) is a schedule for the very same TIR, so it replays as it is and
+is measured here like any seed. Records of another vector width are not used: their register tiles were
+chosen for other registers.
 """
 
 from __future__ import annotations
@@ -100,6 +106,40 @@ def donor_trace(db, donor: Donor):
     from tvm.s_tir.meta_schedule.database import TuningRecord
 
     return TuningRecord.from_json(json.loads(donor.record_json), db.workload_by_id(donor.workload_id)).trace
+
+
+def siblings(db, mod, target, wid: int, name: str = "main") -> tuple[list[tuple[str, object]], list[str]]:
+    """The workload's best record on every other CPU class of this target's vector ISA, replayed here:
+    ([(the class, e.g. "llvm/znver4/2c", schedule)], [skip reasons])."""
+    from tvm.s_tir.meta_schedule.database import TuningRecord
+
+    from tunekit import fallback
+    from tunekit.database import short_target
+
+    if target.kind.name != "llvm":
+        return [], []
+    isa = fallback.vector_isa(target)
+    found = [(key, text) for key, text in db.sibling_records(wid)
+             if json.loads(key).get("kind") == "llvm" and fallback.vector_isa(_target(key)) == isa]
+    if not found:
+        return [], []
+    _, postprocs = fallback.design_spaces(mod, target, name)
+    out, skipped = [], []
+    for key, text in found:
+        try:
+            trace = TuningRecord.from_json(json.loads(text), db.workload_by_id(wid)).trace
+            out.append((short_target(key), fallback.replay(mod, trace, postprocs)))
+        except Exception as exc:  # a record that does not replay here skips that class, never the run
+            skipped.append(f"{name} from {short_target(key)}: {str(exc).strip().splitlines()[-1][:200]}")
+    for reason in skipped:
+        log.info("sibling skipped: %s", reason)
+    return out, skipped
+
+
+def _target(key: str):
+    import tvm
+
+    return tvm.target.Target(json.loads(key))
 
 
 def candidates(db, mod, target, model: str, batch: int, task_name: str, resolution: int,

@@ -361,8 +361,9 @@ def measure_schedules(db, task: PlannedTask, schedules: list, source: str, targe
     """Build and measure ready-made schedules of ``task`` and store them with ``source``.
 
     Used before searching a task with no records: its default schedule (source
-    'default', the one an untuned build falls back to) and schedules adapted
-    from other resolutions (source 'transfer'). The evolutionary search seeds
+    'default', the one an untuned build falls back to), its best records on other
+    CPU classes (source 'sibling') and schedules adapted from other resolutions
+    (source 'transfer'). The evolutionary search seeds
     its population with the database's best, so the search starts from them and
     the tuned result measures no worse (up to noise). Returns the mean seconds of each schedule
     (None where it failed).
@@ -476,13 +477,20 @@ NOISY = 0.10  # repeats of one candidate differing by more than this: say so in 
 
 
 def seed_task(db, task: PlannedTask, target, builder, runner, transfer: bool) -> tuple[int, str]:
-    """Measure the default schedule, and with ``transfer`` the schedules adapted from the nearest
-    tuned resolutions, of a task with no records. Returns (records stored, a note for the progress)."""
+    """Measure the default schedule, the workload's best records on other CPU classes of this vector ISA
+    (imported), and with ``transfer`` the schedules adapted from the nearest tuned resolutions, of a task
+    with no records here. Returns (records stored, a note for the progress)."""
     from tunekit import fallback
     from tunekit import transfer as xfer
 
     notes = []
     stored = 0
+    same, skipped = xfer.siblings(db, task.mod, target, task.wid, task.name)
+    secs = measure_schedules(db, task, [sch for _, sch in same], "sibling", target, builder, runner)
+    stored += sum(s is not None for s in secs)
+    for (donor, _), sec in zip(same, secs):
+        notes.append(f"from {donor}: " + (f"{sec * 1e6:.1f} us" if sec is not None else "failed"))
+    notes += [f"skipped {reason}" for reason in skipped]
     if transfer:
         adapted, skipped = xfer.candidates(db, task.mod, target, task.model, task.batch, task.name,
                                            task.uses[0][0], task.wid, limit=min(2, max(1, task.budget - 1)))
