@@ -50,7 +50,7 @@ reference-db: install
 		echo "reference records for $(REF_CLASS): $(REF_DIR) -> $(REF_DB)"; \
 		$(BIN)/tunekit db import --db $(REF_DB) $(REF_DIR); \
 	else \
-		echo "no reference records for this CPU class ($(REF_CLASS)) in tuning_logs/reference/; tuned artifacts come from $(REF_DB) (default schedules where it has none)" >&2; \
+		echo "no reference records for this CPU class ($(REF_CLASS)) in tuning_logs/reference/ (it has: $$(ls tuning_logs/reference | tr '\n' ' ')); tuned artifacts come from $(REF_DB) (default schedules where it has none). To tune from a class of the same vector ISA: $(BIN)/tunekit db import --db $(REF_DB) tuning_logs/reference/CLASS/, then $(BIN)/tunekit tune (README: Across CPU classes)" >&2; \
 	fi
 
 bench: reference-db
