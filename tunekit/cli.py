@@ -301,7 +301,9 @@ def tune(model, onnx_file, res, target, trials, trials_per_task, batch, weights,
 
     Records land in the database as they are measured. Running the same command
     again resumes: tasks that used their budget are skipped, the rest continue.
-    Ctrl-C stops cleanly and prints the command that resumes.
+    Ctrl-C stops cleanly and prints the command that resumes. Records of another
+    CPU class of the same vector ISA (a reference set from `tunekit db import`)
+    seed each task, measured here, before the search.
 
     \b
     Examples:

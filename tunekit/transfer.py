@@ -119,8 +119,7 @@ def siblings(db, mod, target, wid: int, name: str = "main") -> tuple[list[tuple[
     if target.kind.name != "llvm":
         return [], []
     isa = fallback.vector_isa(target)
-    found = [(key, text) for key, text in db.sibling_records(wid)
-             if json.loads(key).get("kind") == "llvm" and fallback.vector_isa(_target(key)) == isa]
+    found = [(key, text) for key, text in db.sibling_records(wid) if _vector_isa(key) == isa]
     if not found:
         return [], []
     _, postprocs = fallback.design_spaces(mod, target, name)
@@ -130,16 +129,25 @@ def siblings(db, mod, target, wid: int, name: str = "main") -> tuple[list[tuple[
             trace = TuningRecord.from_json(json.loads(text), db.workload_by_id(wid)).trace
             out.append((short_target(key), fallback.replay(mod, trace, postprocs)))
         except Exception as exc:  # a record that does not replay here skips that class, never the run
-            skipped.append(f"{name} from {short_target(key)}: {str(exc).strip().splitlines()[-1][:200]}")
+            why = str(exc).strip().splitlines()[-1][:200] if str(exc).strip() else type(exc).__name__
+            skipped.append(f"{name} from {short_target(key)}: {why}")
     for reason in skipped:
         log.info("sibling skipped: %s", reason)
     return out, skipped
 
 
-def _target(key: str):
+def _vector_isa(key: str):
+    """The vector ISA of a stored LLVM target's JSON; None for another kind, or a CPU this LLVM does not know."""
     import tvm
 
-    return tvm.target.Target(json.loads(key))
+    from tunekit import fallback
+
+    if json.loads(key).get("kind") != "llvm":
+        return None
+    try:
+        return fallback.vector_isa(tvm.target.Target(json.loads(key)))
+    except Exception:  # noqa: BLE001 - an mcpu of another LLVM: not a class to take records from
+        return None
 
 
 def candidates(db, mod, target, model: str, batch: int, task_name: str, resolution: int,
