@@ -116,10 +116,11 @@ def siblings(db, mod, target, wid: int, name: str = "main") -> tuple[list[tuple[
     from tunekit import fallback
     from tunekit.database import short_target
 
-    if target.kind.name != "llvm":
+    records = db.sibling_records(wid) if target.kind.name == "llvm" else []
+    if not records:
         return [], []
     isa = fallback.vector_isa(target)
-    found = [(key, text) for key, text in db.sibling_records(wid) if _vector_isa(key) == isa]
+    found = [(key, text) for key, text in records if _vector_isa(key) == isa]
     if not found:
         return [], []
     _, postprocs = fallback.design_spaces(mod, target, name)
@@ -129,11 +130,16 @@ def siblings(db, mod, target, wid: int, name: str = "main") -> tuple[list[tuple[
             trace = TuningRecord.from_json(json.loads(text), db.workload_by_id(wid)).trace
             out.append((short_target(key), fallback.replay(mod, trace, postprocs)))
         except Exception as exc:  # a record that does not replay here skips that class, never the run
-            why = str(exc).strip().splitlines()[-1][:200] if str(exc).strip() else type(exc).__name__
-            skipped.append(f"{name} from {short_target(key)}: {why}")
+            skipped.append(f"{name} from {short_target(key)}: {_why(exc)}")
     for reason in skipped:
         log.info("sibling skipped: %s", reason)
     return out, skipped
+
+
+def _why(exc: Exception) -> str:
+    """An exception as one short line: its type and the last line of its message."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[-1][:200] if text else ''}"
 
 
 def _vector_isa(key: str):
@@ -160,8 +166,7 @@ def candidates(db, mod, target, model: str, batch: int, task_name: str, resoluti
         except TransferSkipped as exc:
             skipped.append(f"{task_name} from {donor.resolution}: {exc}")
         except Exception as exc:  # anything TVM raises on an odd trace skips that donor, never the run
-            skipped.append(f"{task_name} from {donor.resolution}: {type(exc).__name__}: "
-                           f"{str(exc).strip().splitlines()[-1][:200] if str(exc).strip() else ''}")
+            skipped.append(f"{task_name} from {donor.resolution}: {_why(exc)}")
     for reason in skipped:
         log.info("transfer skipped: %s", reason)
     return out, skipped

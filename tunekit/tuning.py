@@ -485,20 +485,21 @@ def seed_task(db, task: PlannedTask, target, builder, runner, transfer: bool) ->
 
     notes = []
     stored = 0
-    same, skipped = xfer.siblings(db, task.mod, target, task.wid, task.name)
-    secs = measure_schedules(db, task, [sch for _, sch in same], "sibling", target, builder, runner)
-    stored += sum(s is not None for s in secs)
-    for (donor, _), sec in zip(same, secs):
-        notes.append(f"from {donor}: " + (f"{sec * 1e6:.1f} us" if sec is not None else "failed"))
-    notes += [f"skipped {reason}" for reason in skipped]
+
+    def seed(source: str, found: list, skipped: list[str]) -> None:
+        """Measure ``found`` [(where it came from, schedule)] and store it with ``source``; note each."""
+        nonlocal stored
+        secs = measure_schedules(db, task, [sch for _, sch in found], source, target, builder, runner)
+        stored += sum(s is not None for s in secs)
+        for (origin, _), sec in zip(found, secs):
+            notes.append(f"from {origin}: " + (f"{sec * 1e6:.1f} us" if sec is not None else "failed"))
+        notes.extend(f"skipped {reason}" for reason in skipped)
+
+    seed("sibling", *xfer.siblings(db, task.mod, target, task.wid, task.name))
     if transfer:
         adapted, skipped = xfer.candidates(db, task.mod, target, task.model, task.batch, task.name,
                                            task.uses[0][0], task.wid, limit=min(2, max(1, task.budget - 1)))
-        secs = measure_schedules(db, task, [sch for _, sch in adapted], "transfer", target, builder, runner)
-        stored += sum(s is not None for s in secs)
-        for (donor, _), sec in zip(adapted, secs):
-            notes.append(f"from {donor.resolution}: " + (f"{sec * 1e6:.1f} us" if sec is not None else "failed"))
-        notes += [f"skipped {reason}" for reason in skipped]
+        seed("transfer", [(donor.resolution, sch) for donor, sch in adapted], skipped)
     # Always measured, even past a 1-trial budget: it is the untuned build's schedule, and having it in
     # the database is what keeps a tuned build from ever being slower than an untuned one.
     default = fallback.cpu_schedule(task.mod, target, task.name)

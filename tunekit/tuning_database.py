@@ -264,12 +264,11 @@ class TuningDatabase(PyDatabase):
     def sibling_records(self, wid: int) -> list[tuple[str, str]]:
         """The best record of workload ``wid`` made for each other target on this TVM version (another CPU
         class: imported reference records), fastest first: [(target JSON, record JSON)]."""
-        rows = self.conn.execute(
+        return self.conn.execute(
             "SELECT target, record_json FROM (SELECT target, record_json, mean_sec, ROW_NUMBER() OVER"
             f" (PARTITION BY target ORDER BY {BEST_FIRST}) AS rank FROM records WHERE workload_id=? AND"
             " target != ? AND tvm_version=? AND mean_sec IS NOT NULL) WHERE rank = 1 ORDER BY mean_sec",
             (wid, self.target_key, self.version)).fetchall()
-        return [(target, text) for target, text in rows]
 
     def donors(self, model: str, batch: int, task_name: str, resolution: int, exclude_wid: int | None,
                limit: int = 2) -> list[Donor]:
