@@ -337,6 +337,27 @@ def test_remeasure_puts_records_of_two_sittings_on_one_scale(tuned_db, cli, tmp_
                             " records GROUP BY workload_id HAVING COUNT(*) = 1)").fetchall() == single
 
 
+def test_rerank_candidates_include_the_default_schedule_however_slow_alone(tuned_db, tmp_path):
+    """The default schedule (tune's seed) is the second candidate a rerank times in the run, after the best,
+    even when the searched records are all faster alone: the in-run race is where it can still win."""
+    path, _ = tuned_db
+    copy = _copy(path, tmp_path / "d.db")
+    with sqlite3.connect(copy) as conn:
+        wid, default = conn.execute("SELECT workload_id, MIN(id) FROM records WHERE source='default' AND mean_sec"
+                                    " IS NOT NULL AND workload_id IN (SELECT workload_id FROM records WHERE"
+                                    " mean_sec IS NOT NULL GROUP BY workload_id HAVING COUNT(*) >= 2)").fetchone()
+        assert wid is not None, "tinyconv's tune left no task with a default record and another"
+        conn.execute("UPDATE records SET mean_sec=1.0 WHERE id=?", (default,))  # the slowest alone by far
+        (best,) = conn.execute("SELECT id FROM records WHERE workload_id=? AND id<>? AND mean_sec IS NOT NULL"
+                               " ORDER BY mean_sec LIMIT 1", (wid, default)).fetchone()
+        columns = [c for (_, c, *_) in conn.execute("PRAGMA table_info(records)") if c not in ("id", "mean_sec")]
+        third = conn.execute(f"INSERT INTO records ({', '.join(columns)}, mean_sec) SELECT {', '.join(columns)},"
+                             " mean_sec * 2 FROM records WHERE id=?", (best,)).lastrowid  # a search record, slower
+    db = database.open_database(copy, resolve_target("host").tvm_target())
+    assert [rid for rid, _ in db.rerank_candidates(wid, 3)] == [best, default, third]
+    assert [rid for rid, _ in db.rerank_candidates(wid, 1)] == [best]
+
+
 def test_rerank_times_candidates_in_the_run_and_build_takes_the_fastest_there(tuned_db, cli, tmp_path):
     """A record planted as the fastest alone (1 ns) is timed in whole runs like the others; from then on the
     record fastest in the run is the one build (get_top_k) and prune take, whatever the times alone say."""

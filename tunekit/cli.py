@@ -969,7 +969,7 @@ def db_remeasure(db_path, target, top):
 @click.option("--weights", type=click.Path(exists=True, dir_okay=False), help="A state_dict file (zoo models).")
 @_db_option
 @click.option("--top", default=4, show_default=True, type=click.IntRange(2),
-              help="Candidates per task: the best so far, then the fastest measured alone.")
+              help="Candidates per task: the best so far, its default schedule, then the fastest measured alone.")
 @click.option("--runs", default=20, show_default=True, type=click.IntRange(4), help="Timed runs of each build.")
 def db_rerank(model, onnx_file, res, target, batch, weights, db_path, top, runs):
     """Rank each task's best records by their time inside a whole run of the model.
