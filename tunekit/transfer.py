@@ -148,10 +148,11 @@ def _vector_isa(key: str):
 
     from tunekit import fallback
 
-    if json.loads(key).get("kind") != "llvm":
+    config = json.loads(key)
+    if config.get("kind") != "llvm":
         return None
     try:
-        return fallback.vector_isa(tvm.target.Target(json.loads(key)))
+        return fallback.vector_isa(tvm.target.Target(config))
     except Exception:  # noqa: BLE001 - an mcpu of another LLVM: not a class to take records from
         return None
 
