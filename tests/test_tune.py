@@ -337,9 +337,10 @@ def test_remeasure_puts_records_of_two_sittings_on_one_scale(tuned_db, cli, tmp_
                             " records GROUP BY workload_id HAVING COUNT(*) = 1)").fetchall() == single
 
 
-def test_rerank_candidates_include_the_default_schedule_however_slow_alone(tuned_db, tmp_path):
-    """The default schedule (tune's seed) is the second candidate a rerank times in the run, after the best,
-    even when the searched records are all faster alone: the in-run race is where it can still win."""
+def test_rerank_candidates_include_the_default_and_a_cold_schedule_however_slow_alone(tuned_db, tmp_path):
+    """After the best, a rerank times the default schedule (tune's seed) and the fastest record timed with
+    cold caches (source 'cold'), even when the searched records are all faster alone: the in-run race is
+    where they can still win."""
     path, _ = tuned_db
     copy = _copy(path, tmp_path / "d.db")
     with sqlite3.connect(copy) as conn:
@@ -350,12 +351,34 @@ def test_rerank_candidates_include_the_default_schedule_however_slow_alone(tuned
         conn.execute("UPDATE records SET mean_sec=1.0 WHERE id=?", (default,))  # the slowest alone by far
         (best,) = conn.execute("SELECT id FROM records WHERE workload_id=? AND id<>? AND mean_sec IS NOT NULL"
                                " ORDER BY mean_sec LIMIT 1", (wid, default)).fetchone()
-        columns = [c for (_, c, *_) in conn.execute("PRAGMA table_info(records)") if c not in ("id", "mean_sec")]
-        third = conn.execute(f"INSERT INTO records ({', '.join(columns)}, mean_sec) SELECT {', '.join(columns)},"
-                             " mean_sec * 2 FROM records WHERE id=?", (best,)).lastrowid  # a search record, slower
+        columns = [c for (_, c, *_) in conn.execute("PRAGMA table_info(records)")
+                   if c not in ("id", "mean_sec", "source")]
+
+        def planted(factor, source):  # a copy of the best, slower alone by ``factor``
+            return conn.execute(f"INSERT INTO records ({', '.join(columns)}, mean_sec, source) SELECT"
+                                f" {', '.join(columns)}, mean_sec * ?, ? FROM records WHERE id=?",
+                                (factor, source, best)).lastrowid
+
+        third = planted(2, "search")
+        cold, slower_cold = planted(500, "cold"), planted(600, "cold")
     db = database.open_database(copy, resolve_target("host").tvm_target())
-    assert [rid for rid, _ in db.rerank_candidates(wid, 3)] == [best, default, third]
+    assert [rid for rid, _ in db.rerank_candidates(wid, 4)] == [best, default, cold, third]
+    assert slower_cold not in [rid for rid, _ in db.rerank_candidates(wid, 4)]
     assert [rid for rid, _ in db.rerank_candidates(wid, 1)] == [best]
+
+
+def test_import_cold_marks_the_records_cold(tuned_db, cli, tmp_path):
+    """`db import --cold` stores the records with source 'cold' (what rerank looks for); a plain import 'import'."""
+    path, _ = tuned_db
+    assert cli("db", "export", "--db", path, "--format", "tvm-json", tmp_path / "json").exit_code == 0
+    sources = {}
+    for flag in ([], ["--cold"]):
+        target = tmp_path / f"import{len(flag)}.db"
+        result = cli("db", "import", "--db", target, *flag, tmp_path / "json")
+        assert result.exit_code == 0, result.output
+        with sqlite3.connect(target) as conn:
+            sources[bool(flag)] = {s for (s,) in conn.execute("SELECT DISTINCT source FROM records")}
+    assert sources == {False: {"import"}, True: {"cold"}}
 
 
 def test_rerank_times_candidates_in_the_run_and_build_takes_the_fastest_there(tuned_db, cli, tmp_path):

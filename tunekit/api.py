@@ -154,6 +154,7 @@ def tune(job: Job, trials: int | None = None, trials_per_task: int | None = None
     try:
         with native_stderr_to(log_path):
             measurement = tuning.COLD_WEIGHTS if cache_flush else tuning.Measurement()
+            db.source = "cold" if cache_flush else "search"  # the searched records' source
             return tuning.tune(db, job.spec, the_plan, log_path, measurement, rpc=rpc, seed=seed,
                                on_progress=on_progress, transfer=transfer)
     finally:

@@ -293,7 +293,8 @@ class _Reporter:
 @click.option("--cache-flush", is_flag=True,
               help="Time each candidate's single calls after flushing its weights and output from the CPU caches, "
                    "as a layer finds them in a whole run of a model too big for the cache. Its times do not "
-                   "compare with warm ones: tune into a database of its own, then merge and `tunekit db rerank`.")
+                   "compare with warm ones (source 'cold'): tune into a database of its own, export it, "
+                   "`tunekit db import --cold` it into the main one and `tunekit db rerank` there.")
 @click.option("--dry-run", is_flag=True, help="Plan (tasks, budget, what is already done) and stop.")
 def tune(model, onnx_file, res, target, trials, trials_per_task, batch, weights, db_path, rpc, rpc_key, seed,
          anchor, no_transfer, cache_flush, dry_run):
@@ -853,16 +854,20 @@ def db_export(db_path, fmt, target, out_dir):
 @db.command("import")
 @_db_option
 @click.argument("in_dir", type=click.Path(file_okay=False, exists=True))
-def db_import(db_path, in_dir):
+@click.option("--cold", is_flag=True,
+              help="The records were timed with cold caches (tune --cache-flush): mark them so (source 'cold'); "
+                   "`tunekit db rerank` then times each task's fastest of them in the run.")
+def db_import(db_path, in_dir, cold):
     """Add the records of a TVM JSONDatabase directory to the tunekit database.
 
     \b
     Example:
       tunekit db import exported/
+      tunekit db import --cold flushed/
     """
     from tunekit import database
 
-    added, present = database.import_tvm_json(database.resolve_path(db_path), in_dir)
+    added, present = database.import_tvm_json(database.resolve_path(db_path), in_dir, cold=cold)
     click.echo(f"imported {added} records from {in_dir}/" + (f" ({present} were there already)" if present else ""))
 
 
@@ -969,7 +974,8 @@ def db_remeasure(db_path, target, top):
 @click.option("--weights", type=click.Path(exists=True, dir_okay=False), help="A state_dict file (zoo models).")
 @_db_option
 @click.option("--top", default=4, show_default=True, type=click.IntRange(2),
-              help="Candidates per task: the best so far, its default schedule, then the fastest measured alone.")
+              help="Candidates per task: the best so far, its default schedule, its fastest timed with cold caches "
+                   "(db import --cold), then the fastest measured alone.")
 @click.option("--runs", default=20, show_default=True, type=click.IntRange(4), help="Timed runs of each build.")
 def db_rerank(model, onnx_file, res, target, batch, weights, db_path, top, runs):
     """Rank each task's best records by their time inside a whole run of the model.

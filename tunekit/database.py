@@ -43,7 +43,8 @@ CREATE TABLE IF NOT EXISTS records (
     tvm_version TEXT NOT NULL,
     record_json TEXT NOT NULL,
     mean_sec REAL,              -- NULL: the candidate failed to build or run
-    source TEXT NOT NULL,       -- 'search', 'transfer', 'sibling', 'default', 'remeasure', 'import'
+    source TEXT NOT NULL,       -- 'search', 'transfer', 'sibling', 'default', 'remeasure', 'import',
+                                -- 'cold' (timed with cold caches: tune --cache-flush, db import --cold)
     created REAL NOT NULL,
     threads INTEGER,            -- CPU threads the candidate was measured on (NULL: unknown)
     run_sec REAL                -- per-call time inside a whole run of the model (db rerank); NULL: not timed there
@@ -315,8 +316,9 @@ def export_tvm_json(path: str | Path, out_dir: str | Path, target: str | None = 
     return len(index), len(rows)
 
 
-def import_tvm_json(path: str | Path, in_dir: str | Path) -> tuple[int, int]:
-    """Add the records of a TVM JSONDatabase directory (source 'import'); returns (added, already there).
+def import_tvm_json(path: str | Path, in_dir: str | Path, cold: bool = False) -> tuple[int, int]:
+    """Add the records of a TVM JSONDatabase directory (source 'import', or 'cold' where ``cold``: they were
+    timed with cold caches, as by ``tune --cache-flush``); returns (added, already there).
 
     Importing the same directory twice adds nothing the second time. TVM's format
     does not say which model and resolution a workload belongs to: imported records
@@ -332,7 +334,7 @@ def import_tvm_json(path: str | Path, in_dir: str | Path) -> tuple[int, int]:
     records = ms.database.JSONDatabase(str(files[0]), str(files[1]), allow_missing=False).get_all_tuning_records()
     if not records:
         return 0, 0
-    db = open_database(path, records[0].target, source="import")
+    db = open_database(path, records[0].target, source="cold" if cold else "import")
     added = 0
     for record in records:
         if not db.has_record(record):

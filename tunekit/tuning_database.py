@@ -223,15 +223,17 @@ class TuningDatabase(PyDatabase):
     def rerank_candidates(self, wid: int, top_k: int) -> list[tuple[int, TuningRecord]]:
         """What ``db rerank`` times in a run: the workload's best (``BEST_FIRST``: an earlier rerank's choice
         if any) first, then its default schedule's record (source 'default', tune's seed: often slower alone
-        than the searched ones, sometimes faster in the run), then the fastest measured alone, ``top_k`` in
-        all: (record id, record)."""
+        than the searched ones, sometimes faster in the run), then the fastest of the records timed with cold
+        caches (source 'cold': ``tune --cache-flush``, ``db import --cold``; their times do not compare with
+        warm ones), then the fastest measured alone, ``top_k`` in all: (record id, record)."""
         workload = self.workload_by_id(wid)
         mine = "workload_id=? AND target=? AND tvm_version=? AND mean_sec IS NOT NULL"
         rows = self.conn.execute(
             f"SELECT id, record_json FROM records WHERE {mine}"
             f" ORDER BY id = (SELECT id FROM records WHERE {mine} ORDER BY {BEST_FIRST} LIMIT 1) DESC,"
             f" id = (SELECT id FROM records WHERE {mine} AND source='default' ORDER BY mean_sec LIMIT 1) DESC,"
-            " mean_sec LIMIT ?", (wid, self.target_key, self.version) * 3 + (top_k,)).fetchall()
+            f" id = (SELECT id FROM records WHERE {mine} AND source='cold' ORDER BY mean_sec LIMIT 1) DESC,"
+            " mean_sec LIMIT ?", (wid, self.target_key, self.version) * 4 + (top_k,)).fetchall()
         return [(rid, TuningRecord.from_json(json.loads(text), workload)) for rid, text in rows]
 
     def set_run_secs(self, wid: int, secs: dict[int, float]) -> None:
