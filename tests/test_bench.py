@@ -51,6 +51,10 @@ def test_json_has_every_field(report):
         fastest = row["speedup_vs_fastest_library"]
         assert fastest["ratio"] == pytest.approx(row[fastest["backend"]]["median_ms"] / row["tuned"]["median_ms"])
     assert set(data["scaling_efficiency"]) == set(bench.BACKENDS)
+    small, large = data["rows"]
+    for name, eff in data["scaling_efficiency"].items():  # the FLOP rate at 48 over the rate at 32
+        assert eff == pytest.approx((large["gflops"] / large[name]["median_ms"])
+                                    / (small["gflops"] / small[name]["median_ms"]))
 
 
 def test_markdown_csv_and_plot_are_written(report):

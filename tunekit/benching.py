@@ -495,7 +495,10 @@ def run(ctx: BenchContext, backends: list[str], protocol: Protocol = Protocol(),
 
 
 def scaling_efficiency(rows: list[dict]) -> dict:
-    """Per backend: (time at the largest / time at the smallest resolution) / (FLOP ratio). 1.0 = ideal."""
+    """Per backend: its FLOP rate at the largest resolution over its rate at the smallest, that is the FLOP
+    ratio over the time ratio (the ideal time at the large end, the small end's time grown with the FLOPs,
+    over the time measured). 1.0: the time grows as the FLOPs; below 1, the large end loses efficiency (say,
+    activations outgrowing the cache); above 1, it gains (more work to share, Winograd on more layers)."""
     if len(rows) < 2:
         return {}
     small, large = min(rows, key=lambda r: r["gflops"]), max(rows, key=lambda r: r["gflops"])
@@ -503,7 +506,7 @@ def scaling_efficiency(rows: list[dict]) -> dict:
     out = {}
     for name in BACKENDS:
         if name in small and name in large:
-            out[name] = (large[name]["median_ms"] / small[name]["median_ms"]) / flop_ratio
+            out[name] = flop_ratio / (large[name]["median_ms"] / small[name]["median_ms"])
     return out
 
 
@@ -637,8 +640,9 @@ def to_markdown(report: dict) -> str:
                   + ", ".join(f"{k}: {v}" for k, v in layouts.items())]
     eff = report.get("scaling_efficiency") or {}
     if eff:
-        lines += ["", "Scaling efficiency (time ratio largest/smallest resolution divided by FLOP ratio; 1.00 is "
-                  "ideal): " + ", ".join(f"{k} {v:.2f}" for k, v in eff.items())]
+        lines += ["", "Scaling efficiency (FLOP rate at the largest resolution over the rate at the smallest: "
+                  "FLOP ratio / time ratio; 1.00 = time grows as the FLOPs, below 1 the large end loses): "
+                  + ", ".join(f"{k} {v:.2f}" for k, v in eff.items())]
     for note in report.get("notes", []):
         lines += ["", f"Note: {note}"]
     return "\n".join(lines) + "\n"
