@@ -367,6 +367,41 @@ def test_rerank_candidates_include_the_default_and_a_cold_schedule_however_slow_
     assert [rid for rid, _ in db.rerank_candidates(wid, 1)] == [best]
 
 
+def test_rerank_stores_its_times_only_when_its_choices_win_the_race(tuned_db, cli, tmp_path):
+    """By default a rerank that changes a record races the build of its choices against the build before in
+    fresh processes, says which won, and stores run times exactly when the choices won."""
+    path, _ = tuned_db
+    copy = _copy(path, tmp_path / "v.db")
+    with sqlite3.connect(copy) as conn:  # the slowest record of each task planted as the fastest alone
+        conn.execute("UPDATE records SET mean_sec=1e-9 WHERE id IN (SELECT (SELECT id FROM records r WHERE"
+                     " r.workload_id=w.workload_id AND mean_sec IS NOT NULL ORDER BY mean_sec DESC LIMIT 1)"
+                     " FROM (SELECT DISTINCT workload_id FROM records) w)")
+    result = cli("db", "rerank", *TINY[:4], "--db", copy, "--top", 3, "--runs", 8, "--verify", 2)
+    assert result.exit_code == 0, result.output
+    with sqlite3.connect(copy) as conn:
+        stored = conn.execute("SELECT COUNT(*) FROM records WHERE run_sec IS NOT NULL").fetchone()[0]
+    if int(re.search(r"; (\d+) change their record", result.output).group(1)):
+        (line,) = [line for line in result.output.splitlines() if "raced against the build before" in line]
+        ratio = float(re.search(r"after/before ([0-9.]+)", line).group(1))
+        assert "build of the choices, to race it" in result.output
+        assert line.endswith(": kept") == (ratio < 1) == (stored > 0), line
+    else:  # nothing changed: no race, the times are stored
+        assert "raced" not in result.output and stored > 0
+
+
+def test_race_takes_fresh_processes_in_alternating_order(tmp_path, monkeypatch):
+    """racing.race times A and B in turn, flipping the order every pair, and sums the pairs up."""
+    from tunekit import racing
+
+    order = []
+    times = {"a": [2.0, 2.0, 2.0, 2.0], "b": [1.0, 3.0, 1.0, 1.0]}
+    monkeypatch.setattr(racing, "median_ms", lambda path, entry, runs: (order.append(path), times[path].pop(0))[1])
+    result = racing.race(("a", {}), ("b", {}), pairs=4, gap=0)
+    assert order == ["a", "b", "b", "a", "a", "b", "b", "a"]
+    assert result.pairs == [(2.0, 1.0), (2.0, 3.0), (2.0, 1.0), (2.0, 1.0)]
+    assert result.ratio == 0.5 and result.wins == 3 and 0.6 < result.p < 0.7  # binomial: 3 of 4, p = 0.625
+
+
 def test_import_cold_marks_the_records_cold(tuned_db, cli, tmp_path):
     """`db import --cold` stores the records with source 'cold' (what rerank looks for); a plain import 'import'."""
     path, _ = tuned_db
@@ -394,9 +429,10 @@ def test_rerank_times_candidates_in_the_run_and_build_takes_the_fastest_there(tu
         wid, planted = conn.execute("SELECT workload_id, MAX(id) FROM records WHERE mean_sec IS NOT NULL"
                                     " GROUP BY workload_id HAVING COUNT(*) >= 2 ORDER BY workload_id").fetchone()
         conn.execute("UPDATE records SET mean_sec=1e-9 WHERE id=?", (planted,))
-    result = cli("db", "rerank", *TINY[:4], "--db", copy, "--top", 2, "--runs", 8)
+    result = cli("db", "rerank", *TINY[:4], "--db", copy, "--top", 2, "--runs", 8, "--verify", 0)
     assert result.exit_code == 0, result.output
     assert "build 2/2" in result.output and "tasks with two or more candidates" in result.output
+    assert "raced" not in result.output
 
     def run_times():
         with sqlite3.connect(copy) as conn:

@@ -180,10 +180,12 @@ def build(job: Job, out: str | Path | None = None, transfer: bool = True,
                               on_done=on_done, transfer=transfer)
 
 
-def rerank(job: Job, top: int | None = None, runs: int | None = None, on_build: Callable | None = None) -> dict:
+def rerank(job: Job, top: int | None = None, runs: int | None = None, on_build: Callable | None = None,
+           verify: int | None = None) -> dict:
     """Time each task's best few records inside whole runs of the model at each of the job's resolutions and
-    store those times, so build takes the record fastest in the run (``tunekit.rerank``). Returns
-    {resolution: [``rerank.Ranked``]}; ``on_build(side, rank, ranks)`` reports each build.
+    store those times, so build takes the record fastest in the run (``tunekit.rerank``): only if the build
+    of the choices wins a race of ``verify`` pairs of fresh processes against the build before (0: no race). Returns {resolution:
+    ([``rerank.Ranked``], ``rerank.Verdict`` or None)}; ``on_build(side, rank, ranks)`` reports each build.
 
     Raises
     ------
@@ -205,7 +207,8 @@ def rerank(job: Job, top: int | None = None, runs: int | None = None, on_build: 
             for key in job.keys:
                 out[key.height] = rr.rerank(db, job.spec, key, job.graph(key), reference(key),
                                             top or rr.DEFAULT_TOP, runs or rr.DEFAULT_RUNS,
-                                            on_build and (lambda rank, ranks, side=key.height: on_build(side, rank, ranks)))
+                                            on_build and (lambda rank, ranks, side=key.height: on_build(side, rank, ranks)),
+                                            rr.DEFAULT_VERIFY if verify is None else verify)
     finally:
         db.checkpoint()
     return out

@@ -977,7 +977,11 @@ def db_remeasure(db_path, target, top):
               help="Candidates per task: the best so far, its default schedule, its fastest timed with cold caches "
                    "(db import --cold), then the fastest measured alone.")
 @click.option("--runs", default=20, show_default=True, type=click.IntRange(4), help="Timed runs of each build.")
-def db_rerank(model, onnx_file, res, target, batch, weights, db_path, top, runs):
+@click.option("--verify", default=6, show_default=True, type=click.IntRange(0),
+              help="Pairs of fresh processes racing the build of the choices against the build before; the times "
+                   "are stored only if the choices win (0: store them unchecked). Per-task times in the run do "
+                   "not add up: a build of every task's fastest there can be no faster.")
+def db_rerank(model, onnx_file, res, target, batch, weights, db_path, top, runs, verify):
     """Rank each task's best records by their time inside a whole run of the model.
 
     Tuning times a kernel alone, its weights warm in cache; in a whole run a
@@ -996,9 +1000,10 @@ def db_rerank(model, onnx_file, res, target, batch, weights, db_path, top, runs)
 
     job = api.Job(model, onnx_file, res, batch, weights, target, _existing_db(db_path))
     click.echo(f"timing up to {top} candidates a task inside whole runs of {job.name} on {job.spec.name}")
-    ranked = api.rerank(job, top, runs,
-                        lambda side, rank, ranks: click.echo(f"  {side}: build {rank + 1}/{ranks}"))
-    for side, rows in ranked.items():
+    ranked = api.rerank(job, top, runs, lambda side, rank, ranks: click.echo(
+        f"  {side}: build {rank + 1}/{ranks}" if rank < ranks else f"  {side}: build of the choices, to race it"),
+        verify)
+    for side, (rows, verdict) in ranked.items():
         changed = [r for r in rows if r.chosen != 0]
         click.echo(f"{side}x{side}: {len(rows)} tasks with two or more candidates; {len(changed)} change their "
                    f"record, saving {sum(r.saved_us for r in changed) / 1000:.2f} ms a run (as timed in the run)")
@@ -1006,6 +1011,11 @@ def db_rerank(model, onnx_file, res, target, batch, weights, db_path, top, runs)
             times = " / ".join(f"{us:.1f}" for us in r.run_us)
             click.echo(f"  {r.task} x{r.uses}: us a call {times}; takes candidate {r.chosen + 1}, "
                        f"-{r.saved_us:.0f} us a run")
+        if verdict:
+            r = verdict.race
+            click.echo(f"  raced against the build before ({len(r.pairs)} pairs of fresh processes): median "
+                       f"after/before {r.ratio:.3f}, faster in {r.wins}: "
+                       + ("kept" if verdict.kept else f"not kept, the database is unchanged at {side}x{side}"))
 
 if __name__ == "__main__":
     main()

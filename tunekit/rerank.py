@@ -8,6 +8,12 @@ input warm from the layer before, and the kernel fastest alone is often not the 
 last), runs the builds in turn, timing every call the Relax VM makes, and stores each candidate's time
 a call in the run (``records.run_sec``). From then on the record fastest in the run is the workload's
 best (``database.BEST_FIRST``): build, prune and export take it.
+
+The timer round every call is not the real run (it lets the thread pool park between calls), and a
+task's time there depends on its neighbours': on znver5 a rerank claimed 12% at resnet50 112 that
+races in fresh processes did not find (benchmarks/README.md, session 19). So by default the choice is
+checked before it is stored: the build of every task's choice races the build of the bests before in
+fresh processes (``tunekit.racing``), and the times are stored only if it wins (``Verdict``).
 """
 
 from __future__ import annotations
@@ -19,9 +25,11 @@ from pathlib import Path
 from typing import Callable
 
 from tunekit.keys import Key
+from tunekit.racing import Race, race
 from tunekit.targets import TargetSpec
 
 DEFAULT_TOP = 4
+DEFAULT_VERIFY = 6  # pairs of fresh processes in the race that checks a rerank's choices
 DEFAULT_RUNS = 20  # timed runs of each build, split into ROUNDS rounds taken in turn over the builds
 ROUNDS = 4
 PREPACKED = "_prepacked"  # the suffix SplitLayoutRewritePreproc gives a task whose weights it packs
@@ -40,6 +48,18 @@ class Ranked:
     def saved_us(self) -> float:
         """Time a run saves by the choice, against the best before."""
         return (self.run_us[0] - self.run_us[self.chosen]) * self.uses
+
+
+@dataclass
+class Verdict:
+    """The build of the choices (B) raced against the build of the bests before (A)."""
+
+    race: Race
+
+    @property
+    def kept(self) -> bool:
+        """The choices won: B's median time over A's, across the pairs, is below 1."""
+        return self.race.ratio < 1
 
 
 def call_times(artifact, x, runs: int) -> tuple[dict[str, list[float]], dict[str, int]]:
@@ -87,11 +107,14 @@ def _candidate_database(db, chosen: dict[int, object]):
 
 
 def rerank(db, spec: TargetSpec, key: Key, graph, reference: Callable, top: int = DEFAULT_TOP,
-           runs: int = DEFAULT_RUNS, on_build: Callable[[int, int], None] | None = None) -> list[Ranked]:
+           runs: int = DEFAULT_RUNS, on_build: Callable[[int, int], None] | None = None,
+           verify: int = DEFAULT_VERIFY) -> tuple[list[Ranked], Verdict | None]:
     """Time the ``top`` candidates of every task of ``graph`` (``TuningDatabase.rerank_candidates``) inside
-    whole runs, store their times in ``db`` and return the tasks with two or more candidates, largest
-    saving first. Every build is verified against ``reference`` (image -> output) as ``build`` does.
-    ``on_build(rank, ranks)`` reports each build."""
+    whole runs and return the tasks with two or more candidates, largest saving first, and, where a task
+    changes its record and ``verify`` (pairs of fresh processes; 0: no check), the ``Verdict`` of the race
+    of the new build against the old. The times go into ``db`` unless the verdict is against them. Every build is verified against ``reference``
+    (image -> output) as ``build`` does. ``on_build(rank, ranks)`` reports each build (the check's build
+    as rank ``ranks``)."""
     import numpy as np
 
     from tunekit import building, frontend, onnxutil
@@ -108,22 +131,27 @@ def rerank(db, spec: TargetSpec, key: Key, graph, reference: Callable, top: int 
             candidates[task.name] = (wid, task.weight, rows)
     ranks = max((len(rows) for _, _, rows in candidates.values()), default=0)
     if ranks < 2:
-        return []
+        return [], None
     inputs, outputs = onnxutil.graph_inputs(graph), onnxutil.graph_outputs(graph)
     timed: list[dict[str, list[float]]] = [{} for _ in range(ranks)]
     calls: dict[str, int] = {}
+    verdict = None
     with tempfile.TemporaryDirectory() as tmp:
+
+        def built(name: str, chosen: dict) -> Artifact:
+            executable, tuned, _, fallbacks = building.compile_module(graph, spec, _candidate_database(db, chosen),
+                                                                      key, transfer=False)
+            path = Path(tmp) / f"{name}.so"
+            done = building.write_verified(key, spec, graph, executable, path, tuned, {}, fallbacks, 0.0, True,
+                                           lambda _key: reference, path)
+            return Artifact(path, done.to_entry(spec, inputs[0].to_json(), outputs[0].to_json(), path))
+
         artifacts = []
         for rank in range(ranks):
             if on_build:
                 on_build(rank, ranks)
-            chosen = {wid: rows[min(rank, len(rows) - 1)][1] for wid, _, rows in candidates.values()}
-            executable, tuned, _, fallbacks = building.compile_module(graph, spec, _candidate_database(db, chosen),
-                                                                      key, transfer=False)
-            path = Path(tmp) / f"rank{rank}.so"
-            built = building.write_verified(key, spec, graph, executable, path, tuned, {}, fallbacks, 0.0, True,
-                                            lambda _key: reference, path)
-            artifacts.append(Artifact(path, built.to_entry(spec, inputs[0].to_json(), outputs[0].to_json(), path)))
+            artifacts.append(built(f"rank{rank}", {wid: rows[min(rank, len(rows) - 1)][1]
+                                                   for wid, _, rows in candidates.values()}))
         x = sample_input(artifacts[0].input["shape"])
         for _ in range(ROUNDS):  # in turn, so a drift of the machine's speed falls on every build alike
             for rank, artifact in enumerate(artifacts):
@@ -133,14 +161,24 @@ def rerank(db, spec: TargetSpec, key: Key, graph, reference: Callable, top: int 
                 for symbol, times in per_run.items():
                     timed[rank].setdefault(symbol.removesuffix(PREPACKED), []).extend(times)
         calls = {symbol.removesuffix(PREPACKED): n for symbol, n in calls.items()}
+        run_us = {name: [statistics.median(timed[rank][name]) / calls[name] for rank in range(len(rows))]
+                  for name, (_, _, rows) in candidates.items() if name in calls}
+        choice = {name: int(np.argmin(us)) for name, us in run_us.items()}
+        if verify and any(choice.values()):
+            if on_build:
+                on_build(ranks, ranks)
+            after = built("chosen", {wid: rows[choice.get(name, 0)][1] for name, (wid, _, rows) in candidates.items()})
+            verdict = Verdict(race((artifacts[0].path, artifacts[0].entry), (after.path, after.entry), verify,
+                                   2 * runs))
+            del after
         del artifacts
     ranked = []
     for name, (wid, uses, rows) in candidates.items():
-        if name not in calls:
+        if name not in run_us:
             continue
-        run_us = [statistics.median(timed[rank][name]) / calls[name] for rank in range(len(rows))]
-        db.set_run_secs(wid, {rid: us * 1e-6 for (rid, _), us in zip(rows, run_us)})
+        if verdict is None or verdict.kept:
+            db.set_run_secs(wid, {rid: us * 1e-6 for (rid, _), us in zip(rows, run_us[name])})
         if len(rows) >= 2:
-            ranked.append(Ranked(name, calls[name], run_us, int(np.argmin(run_us))))
+            ranked.append(Ranked(name, calls[name], run_us[name], choice[name]))
     db.checkpoint()
-    return sorted(ranked, key=lambda r: -r.saved_us)
+    return sorted(ranked, key=lambda r: -r.saved_us), verdict
