@@ -9,9 +9,10 @@ last), runs the builds in turn, timing every call the Relax VM makes, and stores
 a call in the run (``records.run_sec``). From then on the record fastest in the run is the workload's
 best (``database.BEST_FIRST``): build, prune and export take it.
 
-The timer round every call is not the real run (it lets the thread pool park between calls), and a
-task's time there depends on its neighbours': on znver5 a rerank claimed 12% at resnet50 112 that
-races in fresh processes did not find (benchmarks/README.md, session 19). So by default the choice is
+Per-task times taken from different builds do not add up: a task's time in a run depends on what its
+neighbours left in the cache, so the build of every task's fastest can be no faster than the build it
+was picked against (on znver5 a rerank claimed 12% at resnet50 112 that races in fresh processes did
+not find; benchmarks/README.md, session 19). So by default the choice is
 checked before it is stored: the build of every task's choice races the build of the bests before in
 fresh processes (``tunekit.racing``), and the times are stored only if it wins (``Verdict``).
 """
