@@ -57,20 +57,12 @@ def ort_profile(graph, threads: int, runs: int) -> list[tuple[str, str, float]]:
 def vm_profile(artifact, runs: int) -> tuple[float, list[tuple[str, int, float]]]:
     """A loaded artifact's (``tunekit.runtime.load``) whole-run median (us, no timer) and per callee
     (name, calls per run, median us per run)."""
-    import time
-
-    import numpy as np
-
+    from tunekit.common import sample_input
+    from tunekit.racing import run_seconds
     from tunekit.rerank import call_times
 
-    x = np.random.default_rng(0).standard_normal(artifact.input["shape"]).astype(artifact.input["dtype"])
-    for _ in range(5):
-        artifact.run(x)
-    whole = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        artifact.run(x)
-        whole.append((time.perf_counter() - t0) * 1e6)
+    x = sample_input(artifact.input["shape"])
+    whole = [s * 1e6 for s in run_seconds(artifact, x, runs)]
     per_run, calls = call_times(artifact, x, runs)
     rows = [(symbol, calls[symbol], statistics.median(t)) for symbol, t in per_run.items()]
     return statistics.median(whole), sorted(rows, key=lambda r: -r[2])

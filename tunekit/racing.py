@@ -19,22 +19,27 @@ from pathlib import Path
 from typing import Callable
 
 WORKER = """
-import json, sys, time
+import json, sys
 from pathlib import Path
 from tunekit.common import sample_input
+from tunekit.racing import run_seconds
 from tunekit.runtime import Artifact
 path, entry, runs = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3])
 artifact = Artifact(Path(path), entry)
-x = sample_input(artifact.input["shape"])
-for _ in range(5):
-    artifact.run(x)
-times = []
-for _ in range(runs):
-    start = time.perf_counter()
-    artifact.run(x)
-    times.append(time.perf_counter() - start)
-print(json.dumps(times))
+print(json.dumps(run_seconds(artifact, sample_input(artifact.input["shape"]), runs)))
 """
+
+
+def run_seconds(artifact, x, runs: int, warmup: int = 5) -> list[float]:
+    """Seconds of each of ``runs`` whole runs of a loaded artifact on ``x``, after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        artifact.run(x)
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        artifact.run(x)
+        times.append(time.perf_counter() - start)
+    return times
 
 
 def median_ms(path: str | Path, entry: dict, runs: int) -> float:
