@@ -184,8 +184,9 @@ def rerank(job: Job, top: int | None = None, runs: int | None = None, on_build: 
            verify: int | None = None) -> dict:
     """Time each task's best few records inside whole runs of the model at each of the job's resolutions and
     store those times, so build takes the record fastest in the run (``tunekit.rerank``): only if the build
-    of the choices wins a race of ``verify`` pairs of fresh processes against the build before (0: no race). Returns {resolution:
-    ([``rerank.Ranked``], ``rerank.Verdict`` or None)}; ``on_build(side, rank, ranks)`` reports each build.
+    of the choices wins a race of ``verify`` pairs of fresh processes against the build before (0: no race;
+    None: ``rerank.DEFAULT_VERIFY``). Returns {resolution: ([``rerank.Ranked``], ``rerank.Verdict`` or None)};
+    ``on_build(side, rank, ranks)`` reports each build.
 
     Raises
     ------

@@ -12,9 +12,9 @@ best (``database.BEST_FIRST``): build, prune and export take it.
 Per-task times taken from different builds do not add up: a task's time in a run depends on what its
 neighbours left in the cache, so the build of every task's fastest can be no faster than the build it
 was picked against (on znver5 a rerank claimed 12% at resnet50 112 that races in fresh processes did
-not find; benchmarks/README.md, session 19). So by default the choice is
-checked before it is stored: the build of every task's choice races the build of the bests before in
-fresh processes (``tunekit.racing``), and the times are stored only if it wins (``Verdict``).
+not find; benchmarks/README.md, session 19). So by default the choice is checked before it is stored:
+the build of every task's choice races the build of the bests before in fresh processes
+(``tunekit.racing``), and the times are stored only if it wins (``Verdict``).
 """
 
 from __future__ import annotations
@@ -113,9 +113,9 @@ def rerank(db, spec: TargetSpec, key: Key, graph, reference: Callable, top: int 
     """Time the ``top`` candidates of every task of ``graph`` (``TuningDatabase.rerank_candidates``) inside
     whole runs and return the tasks with two or more candidates, largest saving first, and, where a task
     changes its record and ``verify`` (pairs of fresh processes; 0: no check), the ``Verdict`` of the race
-    of the new build against the old. The times go into ``db`` unless the verdict is against them. Every build is verified against ``reference``
-    (image -> output) as ``build`` does. ``on_build(rank, ranks)`` reports each build (the check's build
-    as rank ``ranks``)."""
+    of the new build against the old. The times go into ``db`` unless the verdict is against them. Every
+    build is verified against ``reference`` (image -> output) as ``build`` does. ``on_build(rank, ranks)``
+    reports each build (the check's build as rank ``ranks``)."""
     import numpy as np
 
     from tunekit import building, frontend, onnxutil
