@@ -988,8 +988,10 @@ def db_rerank(model, onnx_file, res, target, batch, weights, db_path, top, runs,
     layer finds its weights cold, and the kernel fastest alone is often not the
     fastest there. This builds the model once per candidate rank (every task's
     i-th best record), verifies each build, times every call of every build in
-    turn, and stores the times: from then on build, prune and export take the
-    record fastest in the run. Run it after tune, before prune.
+    turn, builds every task's choice and races that build against the build
+    before in fresh processes; if the choices win it stores the times: from
+    then on build, prune and export take the record fastest in the run. Run it
+    after tune, before prune.
 
     \b
     Example:
