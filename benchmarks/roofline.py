@@ -40,7 +40,7 @@ def read_bandwidth(threads: int, mbytes: int = 512, repeats: int = 15) -> float:
 
 def layers(model: str, side: int) -> list[tuple[str, int, int]]:
     """(name, MACs, weight bytes) of each Conv / Gemm / MatMul of zoo ``model`` at ``side``."""
-    from tunekit.cost import _shapes
+    from tunekit.cost import _shapes, node_macs
     from tunekit.export import torch_to_onnx
     from tunekit.keys import Key
     from tunekit.models import create_model
@@ -48,18 +48,9 @@ def layers(model: str, side: int) -> list[tuple[str, int, int]]:
     graph = torch_to_onnx(create_model(model), Key(model, side, side, 1))
     shapes = _shapes(graph)
     weights = {i.name for i in graph.graph.initializer}
-    out = []
-    for node in graph.graph.node:
-        if node.op_type not in ("Conv", "Gemm", "MatMul"):
-            continue
-        numel = int(np.prod(shapes[node.output[0]][0]))
-        if node.op_type == "Conv":
-            macs = numel * int(np.prod(shapes[node.input[1]][0][1:]))
-        else:
-            macs = numel * shapes[node.input[1]][0][0 if node.op_type == "MatMul" else 1]
-        wbytes = sum(int(np.prod(shapes[i][0])) * 4 for i in node.input[1:] if i in weights)
-        out.append((node.name, macs, wbytes))
-    return out
+    return [(node.name, node_macs(node, shapes),
+             sum(int(np.prod(shapes[i][0])) * 4 for i in node.input[1:] if i in weights))
+            for node in graph.graph.node if node.op_type in ("Conv", "Gemm", "MatMul")]
 
 
 def l3_bytes() -> int | None:

@@ -54,6 +54,25 @@ def _shapes(model: onnx.ModelProto) -> dict[str, tuple[tuple[int, ...], int]]:
     return shapes
 
 
+def node_macs(node: onnx.NodeProto, shapes: dict[str, tuple[tuple[int, ...], int]]) -> int:
+    """Multiply-accumulates of one Conv, ConvTranspose, Gemm or MatMul node (0 for any other op), with
+    ``shapes`` from ``_shapes`` of its graph (a tensor of unknown shape counts 0)."""
+
+    def numel(name: str) -> int:
+        return int(np.prod(shapes[name][0])) if name in shapes else 0
+
+    if node.op_type == "Conv":
+        return numel(node.output[0]) * int(np.prod(shapes[node.input[1]][0][1:]))
+    if node.op_type == "ConvTranspose":
+        return numel(node.input[0]) * int(np.prod(shapes[node.input[1]][0][1:]))
+    if node.op_type == "Gemm":
+        trans_a = any(a.name == "transA" and a.i for a in node.attribute)
+        return numel(node.output[0]) * shapes[node.input[0]][0][0 if trans_a else 1]
+    if node.op_type == "MatMul":
+        return numel(node.output[0]) * shapes[node.input[0]][0][-1]
+    return 0
+
+
 def graph_cost(model: onnx.ModelProto, resolution: int, params: int | None = None) -> Cost:
     """Count MACs, parameters and peak activation bytes of a static-shape graph.
 
@@ -75,16 +94,7 @@ def graph_cost(model: onnx.ModelProto, resolution: int, params: int | None = Non
     for node in model.graph.node:
         if node.op_type == "Constant":
             continue
-        if node.op_type == "Conv":
-            macs += numel(node.output[0]) * int(np.prod(shapes[node.input[1]][0][1:]))
-        elif node.op_type == "ConvTranspose":
-            macs += numel(node.input[0]) * int(np.prod(shapes[node.input[1]][0][1:]))
-        elif node.op_type == "Gemm":
-            a_shape = shapes[node.input[0]][0]
-            trans_a = any(a.name == "transA" and a.i for a in node.attribute)
-            macs += numel(node.output[0]) * a_shape[0 if trans_a else 1]
-        elif node.op_type == "MatMul":
-            macs += numel(node.output[0]) * shapes[node.input[0]][0][-1]
+        macs += node_macs(node, shapes)
         live = sum(nbytes(i) for i in node.input if i and i not in weights)
         live += sum(nbytes(o) for o in node.output if o)
         peak = max(peak, live)
