@@ -139,20 +139,22 @@ def rerank(db, spec: TargetSpec, key: Key, graph, reference: Callable, top: int 
     verdict = None
     with tempfile.TemporaryDirectory() as tmp:
 
-        def built(name: str, chosen: dict) -> Artifact:
+        def built(name: str, chosen: dict) -> tuple[Path, dict]:
+            """The library of ``chosen`` {workload id: record}, verified, and its manifest entry (not loaded)."""
             executable, tuned, _, fallbacks = building.compile_module(graph, spec, _candidate_database(db, chosen),
                                                                       key, transfer=False)
             path = Path(tmp) / f"{name}.so"
             done = building.write_verified(key, spec, graph, executable, path, tuned, {}, fallbacks, 0.0, True,
                                            lambda _key: reference, path)
-            return Artifact(path, done.to_entry(spec, inputs[0].to_json(), outputs[0].to_json(), path))
+            return path, done.to_entry(spec, inputs[0].to_json(), outputs[0].to_json(), path)
 
-        artifacts = []
+        libraries = []
         for rank in range(ranks):
             if on_build:
                 on_build(rank, ranks)
-            artifacts.append(built(f"rank{rank}", {wid: rows[min(rank, len(rows) - 1)][1]
+            libraries.append(built(f"rank{rank}", {wid: rows[min(rank, len(rows) - 1)][1]
                                                    for wid, _, rows in candidates.values()}))
+        artifacts = [Artifact(path, entry) for path, entry in libraries]
         x = sample_input(artifacts[0].input["shape"])
         for _ in range(ROUNDS):  # in turn, so a drift of the machine's speed falls on every build alike
             for rank, artifact in enumerate(artifacts):
@@ -161,6 +163,7 @@ def rerank(db, spec: TargetSpec, key: Key, graph, reference: Callable, top: int 
                 per_run, calls = call_times(artifact, x, max(1, runs // ROUNDS))
                 for symbol, times in per_run.items():
                     timed[rank].setdefault(symbol.removesuffix(PREPACKED), []).extend(times)
+        del artifacts, artifact  # unloaded: the check below races in fresh processes
         calls = {symbol.removesuffix(PREPACKED): n for symbol, n in calls.items()}
         run_us = {name: [statistics.median(timed[rank][name]) / calls[name] for rank in range(len(rows))]
                   for name, (_, _, rows) in candidates.items() if name in calls}
@@ -169,10 +172,7 @@ def rerank(db, spec: TargetSpec, key: Key, graph, reference: Callable, top: int 
             if on_build:
                 on_build(ranks, ranks)
             after = built("chosen", {wid: rows[choice.get(name, 0)][1] for name, (wid, _, rows) in candidates.items()})
-            verdict = Verdict(race((artifacts[0].path, artifacts[0].entry), (after.path, after.entry), verify,
-                                   2 * runs))
-            del after
-        del artifacts
+            verdict = Verdict(race(libraries[0], after, verify, 2 * runs))
     ranked = []
     for name, (wid, uses, rows) in candidates.items():
         if name not in run_us:
