@@ -228,12 +228,11 @@ class TuningDatabase(PyDatabase):
         warm ones), then the fastest measured alone, ``top_k`` in all: (record id, record)."""
         workload = self.workload_by_id(wid)
         mine = "workload_id=? AND target=? AND tvm_version=? AND mean_sec IS NOT NULL"
-        rows = self.conn.execute(
-            f"SELECT id, record_json FROM records WHERE {mine}"
-            f" ORDER BY id = (SELECT id FROM records WHERE {mine} ORDER BY {BEST_FIRST} LIMIT 1) DESC,"
-            f" id = (SELECT id FROM records WHERE {mine} AND source='default' ORDER BY mean_sec LIMIT 1) DESC,"
-            f" id = (SELECT id FROM records WHERE {mine} AND source='cold' ORDER BY mean_sec LIMIT 1) DESC,"
-            " mean_sec LIMIT ?", (wid, self.target_key, self.version) * 4 + (top_k,)).fetchall()
+        firsts = [f"ORDER BY {BEST_FIRST}", "AND source='default' ORDER BY mean_sec",
+                  "AND source='cold' ORDER BY mean_sec"]  # each picks one record, put first in this order
+        order = "".join(f"id = (SELECT id FROM records WHERE {mine} {first} LIMIT 1) DESC, " for first in firsts)
+        rows = self.conn.execute(f"SELECT id, record_json FROM records WHERE {mine} ORDER BY {order}mean_sec LIMIT ?",
+                                 (wid, self.target_key, self.version) * (1 + len(firsts)) + (top_k,)).fetchall()
         return [(rid, TuningRecord.from_json(json.loads(text), workload)) for rid, text in rows]
 
     def set_run_secs(self, wid: int, secs: dict[int, float]) -> None:
