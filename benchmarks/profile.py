@@ -4,6 +4,7 @@ and with --ort, ONNX Runtime's own per-node profile of the same graph beside it.
     python benchmarks/profile.py --model resnet18 --res 112 --db tuning_logs/reference-znver4-2c.db --ort
     python benchmarks/profile.py --model resnet18 --res 112 --db DB --artifact out/artifacts
     python benchmarks/profile.py --model resnet50 --res 224 --db DB --cold
+    python benchmarks/profile.py --model resnet18 --res 112 --db DB --retile TASK --tiles "2=1,2,2,1"
 
 Prepares the model as tune and build do (the target's layout and Winograd choice), looks up each
 runtime task's best record (its tuning measurement: kernel alone, weights warm in cache, so the sum
@@ -17,7 +18,8 @@ take in the real run (cold from the previous layer, not warm as in tuning) and w
 (the VM, allocation, thread-pool wake-ups). --cold measures each task's best record again, warm (as
 tuning does) and with MetaSchedule's CPU cache flush before each of 20 single calls (every argument
 but the first cold: the weights as a layer finds them in a whole run of a model whose weights do not
-fit in cache, its input warm from the layer before).
+fit in cache, its input warm from the layer before). --retile TASK measures one task's best record
+the same two ways, and again with each --tiles variant of its tile sizes.
 """
 
 from __future__ import annotations
@@ -71,42 +73,77 @@ def vm_profile(artifact, runs: int) -> tuple[float, list[tuple[str, int, float]]
 COLD_REPEATS = 20
 
 
-def warm_and_cold(db, tasks, spec) -> dict[str, tuple[float, float]]:
-    """Per task name with a record: (warm us, cold us) of its best record, measured again here on
-    ``spec``'s threads, as tune measures."""
-    import tvm
+def _measurers(spec):
+    """A builder and the two runners ``--cold`` times with: tune's warm protocol, and single calls
+    after MetaSchedule's CPU cache flush."""
     from tvm.s_tir import meta_schedule as ms
 
     from tunekit.targets import default_threads
     from tunekit.tuning import Measurement, build_candidate, make_runner
 
     os.environ["TVM_NUM_THREADS"] = str(default_threads(spec))  # the runner's workers start TVM's pool with it
-    target = spec.tvm_target()
     builder = ms.builder.LocalBuilder(max_workers=1, f_build=build_candidate)
     # The flush runs before each repeat, not each call: cold must be one call a repeat (number 1, no
     # minimum repeat time), or min_repeat_ms makes the repeat tens of warm calls after one flush.
     protocols = {False: Measurement(), True: Measurement(repeat=COLD_REPEATS, min_repeat_ms=0, cpu_cache_flush=True)}
-    runners = {cold: make_runner(spec, protocols[cold], None) for cold in (False, True)}
+    return builder, {cold: make_runner(spec, protocols[cold], None) for cold in (False, True)}
+
+
+def _warm_cold(record, trace, target, builder, runners) -> tuple[float, float] | None:
+    """(warm us, cold us) of ``trace`` applied to ``record``'s workload, or None if it fails."""
+    import tvm
+    from tvm.s_tir import meta_schedule as ms
+
+    sch = tvm.s_tir.Schedule(record.workload.mod)
+    trace.apply_to_schedule(sch, remove_postproc=False)
+    info = ms.arg_info.ArgInfo.from_entry_func(sch.mod, remove_preproc=True)
+    (built,) = builder.build([ms.builder.BuilderInput(sch.mod, target)])
+    if built.error_msg:
+        return None
+    times = []
+    for cold in (False, True):
+        (future,) = runners[cold].run([ms.runner.RunnerInput(built.artifact_path, "cpu", info)])
+        result = future.result()
+        if result.error_msg:
+            return None
+        times.append(statistics.median(float(x) for x in result.run_secs) * 1e6)
+    return times[0], times[1]
+
+
+def warm_and_cold(db, tasks, spec) -> dict[str, tuple[float, float]]:
+    """Per task name with a record: (warm us, cold us) of its best record, measured again here on
+    ``spec``'s threads, as tune measures."""
+    builder, runners = _measurers(spec)
     out = {}
     for task in tasks:
         wid = db.find_workload(task.mod)
         best = db.best_records(wid, 1) if wid is not None else []
-        if not best:
-            continue
-        sch = tvm.s_tir.Schedule(best[0][1].workload.mod)
-        best[0][1].trace.apply_to_schedule(sch, remove_postproc=False)
-        info = ms.arg_info.ArgInfo.from_entry_func(sch.mod, remove_preproc=True)
-        (built,) = builder.build([ms.builder.BuilderInput(sch.mod, target)])
-        if built.error_msg:
-            continue
-        times = []
-        for cold in (False, True):
-            (future,) = runners[cold].run([ms.runner.RunnerInput(built.artifact_path, "cpu", info)])
-            result = future.result()
-            times.append(None if result.error_msg else statistics.median(float(x) for x in result.run_secs) * 1e6)
-        if None not in times:
-            out[task.name] = tuple(times)
+        times = _warm_cold(best[0][1], best[0][1].trace, spec.tvm_target(), builder, runners) if best else None
+        if times is not None:
+            out[task.name] = times
     return out
+
+
+def retiled(db, task, spec, variants: list[dict[int, list[int]]]) -> list[tuple[str, tuple[float, float] | None]]:
+    """``task``'s best record and the same record with other tile sizes (per variant: the index of a
+    SamplePerfectTile instruction in its trace -> the factors it takes instead), each (label, (warm us,
+    cold us)): which loop split the threads share the weights by, the accumulator block, and so on."""
+    wid = db.find_workload(task.mod)
+    best = db.best_records(wid, 1) if wid is not None else []
+    if not best:
+        raise SystemExit(f"{task.name} has no record in the database")
+    record = best[0][1]
+    tiles = [inst for inst in record.trace.insts if inst.kind.name == "SamplePerfectTile"]
+    builder, runners = _measurers(spec)
+    label = " ".join(f"{i}={','.join(str(int(d)) for d in record.trace.decisions[t])}" for i, t in enumerate(tiles))
+    rows = [(f"best ({label})", _warm_cold(record, record.trace, spec.tvm_target(), builder, runners))]
+    for variant in variants:
+        trace = record.trace
+        for index, factors in variant.items():
+            trace = trace.with_decision(tiles[index], factors, False)
+        label = " ".join(f"{i}={','.join(map(str, f))}" for i, f in variant.items())
+        rows.append((label, _warm_cold(record, trace, spec.tvm_target(), builder, runners)))
+    return rows
 
 
 def main() -> None:
@@ -118,6 +155,11 @@ def main() -> None:
     parser.add_argument("--ort", action="store_true", help="Also ONNX Runtime's per-node profile.")
     parser.add_argument("--cold", action="store_true", help="Also measure each task's best record again, warm "
                         "and with the CPU cache flushed.")
+    parser.add_argument("--retile", metavar="TASK", help="Measure TASK's best record warm and cold, and again "
+                        "with each --tiles variant.")
+    parser.add_argument("--tiles", action="append", default=[], metavar="I=F,F,..[ I=..]",
+                        help="With --retile, one variant: the I-th tile decision of the best record's trace "
+                        "(as printed on its 'best' line) takes the factors F (their product unchanged).")
     parser.add_argument("--runs", type=int, default=30, help="Runs of the ONNX Runtime and --artifact profiles.")
     parser.add_argument("--artifact", metavar="DIR", help="Also time every call of this built library (tunekit build "
                         "--out DIR) at --res in the Relax VM.")
@@ -144,6 +186,15 @@ def main() -> None:
     for name, uses, us in sorted(rows, key=lambda r: -(r[2] or 0)):
         share = f"{100 * us / total:5.1f}%" if us is not None else "    -"
         print(f"  {share}  {us or 0:8.1f} us  x{uses}  {name}")
+    if args.retile:
+        task = next((t for t in tasks if t.name == args.retile), None)
+        if task is None:
+            raise SystemExit(f"no task {args.retile} at {args.res}: {', '.join(t.name for t in tasks)}")
+        variants = [{int(i): [int(f) for f in fs.split(",")] for i, fs in (part.split("=") for part in v.split())}
+                    for v in args.tiles]
+        print(f"{task.name}, tile decisions of its best record and variants: us a call, warm and cache-flushed")
+        for label, times in retiled(db, task, spec, variants):
+            print(f"  {label}: " + (f"warm {times[0]:.1f}  cold {times[1]:.1f}" if times else "failed to build or run"))
     if args.cold:
         times = warm_and_cold(db, tasks, spec)
         measured = sorted(((t, *times[t.name]) for t in tasks if t.name in times), key=lambda r: -r[2] * r[0].weight)
