@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import tempfile
@@ -134,16 +135,20 @@ def retiled(db, task, spec, variants: list[dict[int, list[int]]]) -> list[tuple[
         raise SystemExit(f"{task.name} has no record in the database")
     record = best[0][1]
     tiles = [inst for inst in record.trace.insts if inst.kind.name == "SamplePerfectTile"]
-    builder, runners = _measurers(spec)
-    label = " ".join(f"{i}={','.join(str(int(d)) for d in record.trace.decisions[t])}" for i, t in enumerate(tiles))
-    rows = [(f"best ({label})", _warm_cold(record, record.trace, spec.tvm_target(), builder, runners))]
+    decisions = " ".join(f"{i}={','.join(str(int(d)) for d in record.trace.decisions[t])}" for i, t in enumerate(tiles))
+    traces = [(f"best ({decisions})", record.trace)]
     for variant in variants:
         trace = record.trace
         for index, factors in variant.items():
+            if not 0 <= index < len(tiles):
+                raise SystemExit(f"--tiles: {task.name}'s trace has tile decisions 0..{len(tiles) - 1}, not {index}")
+            if math.prod(factors) != math.prod(int(d) for d in record.trace.decisions[tiles[index]]):
+                raise SystemExit(f"--tiles {index}={','.join(map(str, factors))}: the factors must multiply to the "
+                                 "loop's extent, as its best record's do")
             trace = trace.with_decision(tiles[index], factors, False)
-        label = " ".join(f"{i}={','.join(map(str, f))}" for i, f in variant.items())
-        rows.append((label, _warm_cold(record, trace, spec.tvm_target(), builder, runners)))
-    return rows
+        traces.append((" ".join(f"{i}={','.join(map(str, f))}" for i, f in variant.items()), trace))
+    builder, runners = _measurers(spec)
+    return [(label, _warm_cold(record, trace, spec.tvm_target(), builder, runners)) for label, trace in traces]
 
 
 def main() -> None:
@@ -190,8 +195,11 @@ def main() -> None:
         task = next((t for t in tasks if t.name == args.retile), None)
         if task is None:
             raise SystemExit(f"no task {args.retile} at {args.res}: {', '.join(t.name for t in tasks)}")
-        variants = [{int(i): [int(f) for f in fs.split(",")] for i, fs in (part.split("=") for part in v.split())}
-                    for v in args.tiles]
+        try:
+            variants = [{int(i): [int(f) for f in fs.split(",")] for i, fs in (part.split("=") for part in v.split())}
+                        for v in args.tiles]
+        except ValueError:
+            raise SystemExit(f"--tiles takes 'I=F,F,..' parts separated by spaces, e.g. \"2=1,2,2,1\": {args.tiles}")
         print(f"{task.name}, tile decisions of its best record and variants: us a call, warm and cache-flushed")
         for label, times in retiled(db, task, spec, variants):
             print(f"  {label}: " + (f"warm {times[0]:.1f}  cold {times[1]:.1f}" if times else "failed to build or run"))
