@@ -402,6 +402,21 @@ def test_race_takes_fresh_processes_in_alternating_order(tmp_path, monkeypatch):
     assert result.ratio == 0.5 and result.wins == 3 and 0.6 < result.p < 0.7  # binomial: 3 of 4, p = 0.625
 
 
+def test_a_cache_flushed_tune_stores_its_searched_records_cold_and_only_that_tune(tmp_path):
+    """`tune --cache-flush` stores what it searches with source 'cold' (rerank's cold candidates); the
+    job's database object, which the job's later calls share, goes back to storing 'search'."""
+    import tunekit
+    from tunekit import api
+
+    job = tunekit.Job(model="tinyconv", res="32", db=tmp_path / "c.db")
+    result = api.tune(job, trials_per_task=4, transfer=False, cache_flush=True)
+    assert not result.interrupted
+    with sqlite3.connect(tmp_path / "c.db") as conn:
+        sources = {s for (s,) in conn.execute("SELECT DISTINCT source FROM records")}
+    assert "cold" in sources and "search" not in sources, sources
+    assert job.open_database().source == "search"
+
+
 def test_import_cold_marks_the_records_cold(tuned_db, cli, tmp_path):
     """`db import --cold` stores the records with source 'cold' (what rerank looks for); a plain import 'import'."""
     path, _ = tuned_db
