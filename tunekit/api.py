@@ -151,15 +151,13 @@ def tune(job: Job, trials: int | None = None, trials_per_task: int | None = None
     the_plan = the_plan or plan(job, trials, trials_per_task, transfer, anchors, rpc)
     log_path = job.db_path.with_suffix(".log")
     db = job.open_database(create=True)
-    # the searched records' source, for this tune only: the job's database object outlives it
-    previous, db.source = db.source, "cold" if cache_flush else "search"
     try:
-        with native_stderr_to(log_path):
+        # the searched records' source, for this tune only: the job's database object outlives it
+        with native_stderr_to(log_path), db.storing_as("cold" if cache_flush else "search"):
             measurement = tuning.COLD_WEIGHTS if cache_flush else tuning.Measurement()
             return tuning.tune(db, job.spec, the_plan, log_path, measurement, rpc=rpc, seed=seed,
                                on_progress=on_progress, transfer=transfer)
     finally:
-        db.source = previous
         db.checkpoint()
 
 

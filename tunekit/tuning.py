@@ -371,8 +371,7 @@ def measure_schedules(db, task: PlannedTask, schedules: list, source: str, targe
     from tvm.s_tir import meta_schedule as ms
 
     secs: list = [None] * len(schedules)
-    previous, db.source = db.source, source
-    try:
+    with db.storing_as(source):
         for i, measured in enumerate(measure(task, schedules, target, builder, runner, db, source)):
             if measured is None:
                 continue
@@ -380,8 +379,6 @@ def measure_schedules(db, task: PlannedTask, schedules: list, source: str, targe
             db.commit_tuning_record(ms.database.TuningRecord(schedules[i].trace, db.commit_workload(task.mod),
                                                              run_secs, target, info))
             secs[i] = sum(run_secs) / len(run_secs)
-    finally:
-        db.source = previous
     return secs
 
 

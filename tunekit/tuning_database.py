@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -154,6 +155,15 @@ class TuningDatabase(PyDatabase):
         return self.conn.execute("SELECT 1 FROM records WHERE workload_id=? AND target=? AND tvm_version=?"
                                  " AND record_json=? LIMIT 1",
                                  (self._id_of(record.workload), target, self.version, text)).fetchone() is not None
+
+    @contextmanager
+    def storing_as(self, source: str):
+        """Records committed inside the block are stored with ``source``; the one before comes back after."""
+        previous, self.source = self.source, source
+        try:
+            yield self
+        finally:
+            self.source = previous
 
     def commit_tuning_record(self, record: TuningRecord) -> None:
         secs = [float(s) for s in (record.run_secs or [])]
