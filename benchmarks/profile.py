@@ -111,15 +111,21 @@ def _warm_cold(record, trace, target, builder, runners) -> tuple[float, float] |
     return times[0], times[1]
 
 
+def _best_record(db, task):
+    """``task``'s best record in ``db``, or None."""
+    wid = db.find_workload(task.mod)
+    best = db.best_records(wid, 1) if wid is not None else []
+    return best[0][1] if best else None
+
+
 def warm_and_cold(db, tasks, spec) -> dict[str, tuple[float, float]]:
     """Per task name with a record: (warm us, cold us) of its best record, measured again here on
     ``spec``'s threads, as tune measures."""
     builder, runners = _measurers(spec)
     out = {}
     for task in tasks:
-        wid = db.find_workload(task.mod)
-        best = db.best_records(wid, 1) if wid is not None else []
-        times = _warm_cold(best[0][1], best[0][1].trace, spec.tvm_target(), builder, runners) if best else None
+        record = _best_record(db, task)
+        times = _warm_cold(record, record.trace, spec.tvm_target(), builder, runners) if record else None
         if times is not None:
             out[task.name] = times
     return out
@@ -129,26 +135,28 @@ def retiled(db, task, spec, variants: list[dict[int, list[int]]]) -> list[tuple[
     """``task``'s best record and the same record with other tile sizes (per variant: the index of a
     SamplePerfectTile instruction in its trace -> the factors it takes instead), each (label, (warm us,
     cold us)): which loop split the threads share the weights by, the accumulator block, and so on."""
-    wid = db.find_workload(task.mod)
-    best = db.best_records(wid, 1) if wid is not None else []
-    if not best:
+    record = _best_record(db, task)
+    if record is None:
         raise SystemExit(f"{task.name} has no record in the database")
-    record = best[0][1]
     tiles = [inst for inst in record.trace.insts if inst.kind.name == "SamplePerfectTile"]
-    decisions = " ".join(f"{i}={','.join(str(int(d)) for d in record.trace.decisions[t])}" for i, t in enumerate(tiles))
-    traces = [(f"best ({decisions})", record.trace)]
+    best = {i: [int(d) for d in record.trace.decisions[t]] for i, t in enumerate(tiles)}
+
+    def label(decisions: dict[int, list[int]]) -> str:
+        return " ".join(f"{i}={','.join(map(str, f))}" for i, f in decisions.items())
+
+    traces = [(f"best ({label(best)})", record.trace)]
     for variant in variants:
         trace = record.trace
         for index, factors in variant.items():
-            if not 0 <= index < len(tiles):
+            if index not in best:
                 raise SystemExit(f"--tiles: {task.name}'s trace has tile decisions 0..{len(tiles) - 1}, not {index}")
-            if math.prod(factors) != math.prod(int(d) for d in record.trace.decisions[tiles[index]]):
+            if math.prod(factors) != math.prod(best[index]):
                 raise SystemExit(f"--tiles {index}={','.join(map(str, factors))}: the factors must multiply to the "
                                  "loop's extent, as its best record's do")
             trace = trace.with_decision(tiles[index], factors, False)
-        traces.append((" ".join(f"{i}={','.join(map(str, f))}" for i, f in variant.items()), trace))
+        traces.append((label(variant), trace))
     builder, runners = _measurers(spec)
-    return [(label, _warm_cold(record, trace, spec.tvm_target(), builder, runners)) for label, trace in traces]
+    return [(name, _warm_cold(record, trace, spec.tvm_target(), builder, runners)) for name, trace in traces]
 
 
 def main() -> None:
