@@ -12,7 +12,8 @@ The flow for each resolution:
 4. ``fallback.apply`` gives the remaining functions default schedules.
 5. On CPUs, split the tuned schedules' weight-layout rewrites out and fold them
    too, so the packed weights are constants of the library and the entry point
-   takes only the image.
+   takes only the image. Tuned kernels that stream large weights prefetch them
+   (``tunekit.prefetch``; the target's ``prefetch`` turns it off).
 6. Compile, ``export_library`` to a temporary file, load it through the same
    runtime path users take, run it on a seeded random input and compare with
    the PyTorch model (zoo) or the ONNX graph (``--onnx``). Only a library that
@@ -69,7 +70,7 @@ class Built:
         return {"file": file.name, "model": self.key.model, "resolution": [self.key.height, self.key.width],
                 "batch": self.key.batch, "target_name": spec.name, "target": spec.tvm,
                 "threads": spec.threads or None, "layout": spec.conv_layout,
-                "winograd": spec.conv_winograd,
+                "winograd": spec.conv_winograd, "weight_prefetch": spec.weight_prefetch,
                 "tvm_version": tvm.__version__, "input": inputs, "output": outputs,
                 "tasks": len(self.tuned) + len(self.transferred) + len(self.fallback), "tuned": len(self.tuned),
                 "transferred": len(self.transferred), "transferred_from": self.transferred,
@@ -122,7 +123,7 @@ def compile_module(graph, spec: TargetSpec, db, key: Key | None = None,
     import tvm
     from tvm import relax
 
-    from tunekit import fallback, frontend
+    from tunekit import fallback, frontend, prefetch
 
     with interrupts_kept() as stop_if_interrupted:  # a Ctrl-C that TVM swallows still stops the build
         target = spec.tvm_target()
@@ -133,10 +134,13 @@ def compile_module(graph, spec: TargetSpec, db, key: Key | None = None,
         mod = relax.transform.BindParams("main", dict(zip(weights, params)))(prepared)
         mod = _fold(mod, target)
         tasks = set(_primfuncs(mod))
+        workloads = mod
         if db is not None:
             with target, db:
                 mod = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
         tuned = sorted(n for n, f in _primfuncs(mod).items() if n in tasks and f.attrs.get(fallback.IS_SCHEDULED))
+        if spec.weight_prefetch and db is not None:
+            prefetch.apply_to_tuned(workloads, mod, tuned, target, db)
         transferred = {}
         if transfer and db is not None and key is not None and spec.kind == "llvm":
             transferred = _transfer(mod, sorted(tasks - set(tuned)), key, target, db)
@@ -146,8 +150,10 @@ def compile_module(graph, spec: TargetSpec, db, key: Key | None = None,
             with target:
                 mod = relax.transform.SplitLayoutRewritePreproc()(mod)
             mod = _fold(mod, target)
+        prefetch.register_pipeline()
         try:
-            executable = tvm.compile(mod, target=target)
+            executable = tvm.compile(mod, target=target,
+                                     tir_pipeline=prefetch.PIPELINE if spec.weight_prefetch else "default")
         except Exception as exc:  # TVM's codegen raises TVMError / RuntimeError subclasses
             raise BuildError(f"TVM cannot compile for {spec.name}: {str(exc).strip().splitlines()[-1]}") from None
         return executable, tuned, transferred, sorted(tasks - set(tuned) - set(transferred))

@@ -52,7 +52,8 @@ class TargetSpec:
     hardware threads on SMT CPUs, as in the paper); ``peak_gflops`` is fp32 peak,
     None when unknown; ``layout`` the convolution layout tune and build prepare
     the model in ("" for ``default_layout``); ``winograd`` whether its 3x3 stride-1
-    convolutions run as Winograd (None for ``default_winograd``).
+    convolutions run as Winograd (None for ``default_winograd``); ``prefetch`` whether
+    built CPU kernels prefetch their weights (None: yes on CPUs).
     """
 
     name: str
@@ -64,12 +65,15 @@ class TargetSpec:
     notes: str = ""
     layout: str = ""
     winograd: bool | None = None
+    prefetch: bool | None = None
 
     def __post_init__(self):
         if not isinstance(self.tvm, dict) or "kind" not in self.tvm:
             raise SpecError(f"target {self.name!r}: 'tvm' must be a TVM target dict with a 'kind'")
         if self.winograd not in (None, True, False):
             raise SpecError(f"target {self.name!r}: winograd must be true or false, not {self.winograd!r}")
+        if self.prefetch not in (None, True, False):
+            raise SpecError(f"target {self.name!r}: prefetch must be true or false, not {self.prefetch!r}")
         try:
             check_conv(self.conv_layout, self.conv_winograd)
         except SpecError as exc:
@@ -82,6 +86,11 @@ class TargetSpec:
     @property
     def conv_winograd(self) -> bool:
         return default_winograd(self.kind, self.conv_layout) if self.winograd is None else self.winograd
+
+    @property
+    def weight_prefetch(self) -> bool:
+        """Whether built CPU kernels prefetch their weight streams (``tunekit.prefetch``); on by default on CPUs."""
+        return self.kind == "llvm" if self.prefetch is None else self.prefetch
 
     @property
     def kind(self) -> str:
@@ -185,7 +194,7 @@ def _from_file(path: Path) -> TargetSpec:
     if not isinstance(data, dict) or not isinstance(data.get("tvm"), dict):
         raise SpecError(f"target file {path}: needs a \"tvm\" key holding a TVM target dict, e.g. "
                         '{"name": "mybox", "tvm": {"kind": "llvm", "mcpu": "znver4", "num-cores": 8}, "threads": 8}')
-    keys = ("name", "tvm", "description", "cores", "threads", "peak_gflops", "notes", "layout", "winograd")
+    keys = ("name", "tvm", "description", "cores", "threads", "peak_gflops", "notes", "layout", "winograd", "prefetch")
     known = {k: data[k] for k in keys if k in data}
     known.setdefault("name", path.stem)
     for field in ("cores", "threads"):
