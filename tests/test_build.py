@@ -56,6 +56,7 @@ def test_build_writes_verified_libraries_and_manifest(built):
     assert e["output"]["shape"] == [1, 10]
     assert (e["tasks"], e["tuned"], e["fallback"]) == (7, 0, 7)
     assert e["verification"] == "verified" and e["max_abs_err"] <= e["tolerance"]
+    assert e["weight_prefetch"] is True  # the host's default (tunekit.prefetch)
     assert len(e["sha256"]) == 64 and e["tvm_version"]
     assert not list(out.glob("*.tmp*"))
 
