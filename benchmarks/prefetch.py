@@ -8,7 +8,8 @@ ReLU: ``fused_conv2d8_add7_add8_relu4``) reads 9.4 MB of weights for 75 MFLOP, s
 47 MB of weights do not fit in the L3) its weights come from memory. This script times, warm (as tune
 measures) and with the CPU cache flushed before each call (as a whole run finds the weights):
 
-- the tuned kernel: the task's best record in --db;
+- the tuned kernel: the task's best record in --db, as tuned and as `tunekit build` builds it
+  (``tunekit.prefetch``: replayed with per-task accumulators, then the prefetch pass);
 - the same computation written by hand in TIR with the tuned record's tiling on AVX-512 (16 tasks of
   4x2 pixels x 64 channels, weights prepacked in the order they are read, 32 vector accumulators),
   without prefetch and with ``llvm.prefetch`` of the weights --ahead reduction steps (256 B each)
@@ -93,11 +94,11 @@ def build_checked(text: str, target, path: str) -> None:
     lib.export_library(path)
 
 
-def time_library(path: str, runners) -> tuple[float, float]:
+def time_library(path: str, runners, info=None) -> tuple[float, float]:
     """(warm us, cold us) of an exported kernel with the runners of profile.py's --cold."""
     from tvm.s_tir import meta_schedule as ms
 
-    info = [ms.arg_info.TensorInfo("float32", shape) for shape in SHAPES.values()]
+    info = info or [ms.arg_info.TensorInfo("float32", shape) for shape in SHAPES.values()]
     times = []
     for cold in (False, True):
         (future,) = runners[cold].run([ms.runner.RunnerInput(path, "cpu", info)])
@@ -106,6 +107,25 @@ def time_library(path: str, runners) -> tuple[float, float]:
             raise SystemExit(f"{path}: {result.error_msg.strip().splitlines()[-1]}")
         times.append(statistics.median(float(s) for s in result.run_secs) * 1e6)
     return times[0], times[1]
+
+
+def build_as_tunekit_does(task, record, target, path: str):
+    """The best record built as ``tunekit build`` builds it (``tunekit.prefetch``), exported to ``path``;
+    returns its argument info, or None where the prefetch does not apply to it."""
+    import tvm
+    from tvm.s_tir import meta_schedule as ms
+    from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
+
+    from tunekit import prefetch
+
+    sch = prefetch.accumulate_per_task(task.mod, record.trace, task.name, target)
+    if sch is None:
+        return None
+    info = ms.arg_info.ArgInfo.from_entry_func(sch.mod, remove_preproc=True)
+    prefetch.register_pipeline()
+    tvm.tirx.build(RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(sch.mod), target=target,
+                   pipeline=prefetch.PIPELINE).export_library(path)
+    return info
 
 
 def load_profile_script():
@@ -145,13 +165,21 @@ def main() -> None:
         path = os.path.join(workdir, f"hand-{ahead}-{locality}.so")
         build_checked(hand_kernel(ahead, locality), target, path)
         libraries[f"by hand, prefetch {ahead} steps ahead, locality {locality}" if ahead else "by hand, no prefetch"] = path
+    built_path = os.path.join(workdir, "tuned-prefetched.so")
+    built_info = build_as_tunekit_does(task, record, target, built_path)
     print(f"{TASK} (resnet18 at 112) on {spec.name} ({spec.tvm.get('mcpu', '')}): us a call, warm / cache flushed")
-    rows: dict[str, list[tuple[float, float]]] = {"tuned (best record)": [], **{name: [] for name in libraries}}
+    rows: dict[str, list[tuple[float, float]]] = {"tuned (best record)": [], "tuned, as tunekit build builds it": [],
+                                                  **{name: [] for name in libraries}}
+    if built_info is None:
+        print("  (tunekit.prefetch leaves this record alone)")
+        del rows["tuned, as tunekit build builds it"]
     for round_ in range(args.rounds):
         times = profile._warm_cold(record, record.trace, target, builder, runners)
         if times is None:
             raise SystemExit(f"the best record of {TASK} failed to build or run")
         rows["tuned (best record)"].append(times)
+        if built_info is not None:
+            rows["tuned, as tunekit build builds it"].append(time_library(built_path, runners, built_info))
         for name, path in libraries.items():
             rows[name].append(time_library(path, runners))
         for name, samples in rows.items():
