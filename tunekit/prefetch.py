@@ -282,11 +282,12 @@ def prefetch_weights(func):
         for bind in _nodes(par.body, "Bind"):  # CommonSubexprElim's let-bound indices: resolve to loop variables
             analyzer.bind(bind.var, bind.value)
         keep = set()
+        prefetching = []  # the loops given prefetches so far (bottom-up: inner loops first)
 
         def loop(node):
             if type(node).__name__ != "For" or node.same_as(par):
                 return None
-            if any("llvm.prefetch" in str(e.value) for e in _nodes(node.body, "Evaluate")):
+            if any(inner.same_as(done) for inner in _nodes(node.body, "For") for done in prefetching):
                 return None  # a loop inside it prefetches already
             found = _prefetches(node, allocated, analyzer)
             if found is None:
@@ -294,7 +295,8 @@ def prefetch_weights(func):
             statements, stored = found
             keep.update(stored)
             changed.append(f"{node.loop_var.name} (x{int(node.extent)}, {len(statements)} lines a step)")
-            return _with_body(node, tirx.SeqStmt(statements + [node.body]))
+            prefetching.append(_with_body(node, tirx.SeqStmt(statements + [node.body])))
+            return prefetching[-1]
 
         body = _rebuild(par.body, loop)
         if not keep:
