@@ -122,9 +122,8 @@ def build_as_tunekit_does(task, record, target, path: str):
     if sch is None:
         return None
     info = ms.arg_info.ArgInfo.from_entry_func(sch.mod, remove_preproc=True)
-    prefetch.register_pipeline()
     tvm.tirx.build(RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(sch.mod), target=target,
-                   pipeline=prefetch.PIPELINE).export_library(path)
+                   pipeline=prefetch.register_pipeline()).export_library(path)
     return info
 
 

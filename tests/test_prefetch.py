@@ -32,9 +32,7 @@ def main(x: T.Buffer((4, {k}), "float32"), w: T.Buffer((4, {k}, 64), "float32"),
 def _lowered(func, target):
     import tvm
 
-    mod = tvm.tirx.transform.BindTarget(target.with_host(target))(tvm.IRModule({"main": func}))
-    lower, _, _ = tvm.tirx.get_tir_pipeline("s_tir")
-    return next(f for f in lower(mod).functions.values() if isinstance(f, tvm.tirx.PrimFunc))
+    return prefetch.lowered(tvm.IRModule({"main": func}), target)
 
 
 def _kernel(k):
@@ -71,9 +69,8 @@ def test_a_large_weight_stream_is_prefetched_ahead_with_the_accumulators_on_the_
     changed = prefetch.prefetch_weights(_lowered(func, target))[1]
     assert changed == ["k (x1024, 4 lines a step)"]  # 64 floats a step: 4 cache lines
 
-    prefetch.register_pipeline()
     plain = tvm.tirx.build(func, target=target)
-    fetched = tvm.tirx.build(func, target=target, pipeline=prefetch.PIPELINE)
+    fetched = tvm.tirx.build(func, target=target, pipeline=prefetch.register_pipeline())
     for lib in (plain, fetched):
         got, want = _run(lib, 1024)
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-3)

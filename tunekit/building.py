@@ -150,10 +150,9 @@ def compile_module(graph, spec: TargetSpec, db, key: Key | None = None,
             with target:
                 mod = relax.transform.SplitLayoutRewritePreproc()(mod)
             mod = _fold(mod, target)
-        prefetch.register_pipeline()
         try:
             executable = tvm.compile(mod, target=target,
-                                     tir_pipeline=prefetch.PIPELINE if spec.weight_prefetch else "default")
+                                     tir_pipeline=prefetch.register_pipeline() if spec.weight_prefetch else "default")
         except Exception as exc:  # TVM's codegen raises TVMError / RuntimeError subclasses
             raise BuildError(f"TVM cannot compile for {spec.name}: {str(exc).strip().splitlines()[-1]}") from None
         return executable, tuned, transferred, sorted(tasks - set(tuned) - set(transferred))

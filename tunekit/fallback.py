@@ -235,14 +235,16 @@ def design_spaces(mod, target, name: str) -> tuple[list, list]:
     return list(ctx.generate_design_space()), list(ctx.space_generator.postprocs)
 
 
-def replay(mod, trace, postprocs):
-    """A fresh schedule of ``mod`` with ``trace``'s decisions, post-processed as MetaSchedule does its own
-    candidates. Raises ValueError saying why the trace does not apply."""
+def replay(mod, trace, postprocs, edit=None):
+    """A fresh schedule of ``mod`` with ``trace``'s decisions (then ``edit(sch)``, if given), post-processed as
+    MetaSchedule does its own candidates. Raises ValueError saying why the trace does not apply."""
     from tvm.s_tir import Schedule
 
     sch = Schedule(mod)
     try:
         trace.apply_to_schedule(sch, remove_postproc=True)
+        if edit is not None:
+            edit(sch)
         sch.enter_postproc()  # marks where postprocessing starts, as MetaSchedule's own candidates do
         rejected = next((p for p in postprocs if not p.apply(sch)), None)
     except Exception as exc:  # a decision the schedule primitives reject

@@ -45,31 +45,16 @@ def accumulate_per_task(mod, trace, name: str, target):
     """``trace`` replayed on the one-function ``mod`` with the output of each reduction block that reads a
     layout-free argument cached per task; None where that does not apply (the trace caches its output
     already, or no block qualifies). Raises ValueError as ``fallback.replay`` does."""
-    from tvm.s_tir import Schedule
-
     from tunekit import fallback
 
-    if any(inst.kind.name == "CacheWrite" for inst in trace.insts):
+    func = mod["main"]
+    free = {func.params[int(i)].name for i in (func.attrs.get("layout_free_buffers") or [])}
+    blocks = [n.name_hint for n in _nodes(func.body, "SBlock")
+              if n.init is not None and any(r.source.name in free for r in n.reads)]
+    if not blocks or any(inst.kind.name == "CacheWrite" for inst in trace.insts):
         return None
-    sch = Schedule(mod)
     _, postprocs = fallback.design_spaces(mod, target, name)
-    try:
-        trace.apply_to_schedule(sch, remove_postproc=True)
-        func = sch.mod["main"]
-        free = {func.params[int(i)].name for i in (func.attrs.get("layout_free_buffers") or [])}
-        blocks = [n.name_hint for n in _nodes(func.body, "SBlock")
-                  if n.init is not None and any(r.source.name in free for r in n.reads)]
-        if not blocks:
-            return None
-        for block in blocks:
-            _cache_per_task(sch, block)
-        sch.enter_postproc()
-        rejected = next((p for p in postprocs if not p.apply(sch)), None)
-    except Exception as exc:  # a schedule primitive refused
-        raise ValueError(f"{name}: {str(exc).strip().splitlines()[-1][:200]}") from None
-    if rejected is not None:
-        raise ValueError(f"{name}: post-processing rejected the per-task accumulators")
-    return sch
+    return fallback.replay(mod, trace, postprocs, edit=lambda sch: [_cache_per_task(sch, b) for b in blocks])
 
 
 def _cache_per_task(sch, block: str) -> None:
@@ -102,7 +87,7 @@ def apply_to_tuned(before, after, names: list[str], target, db) -> list[str]:
         try:
             sch = accumulate_per_task(task, record.trace, name, target)
         except ValueError as exc:
-            log.info("no per-task accumulators: %s", exc)
+            log.info("%s: no per-task accumulators: %s", name, exc)
             continue
         if sch is not None and _prefetched(sch.mod, target):
             after[name] = fallback.as_scheduled(sch, name)
@@ -113,18 +98,23 @@ def apply_to_tuned(before, after, names: list[str], target, db) -> list[str]:
 def _prefetched(mod, target) -> bool:
     """Whether ``PrefetchWeights`` finds a weight stream to prefetch in the scheduled one-function ``mod``
     (lowered here on its own): a kernel it would leave alone keeps its tuned schedule as it was."""
-    import tvm
     from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
 
     try:
-        lowered = tvm.tirx.transform.BindTarget(target.with_host(target))(
-            RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod))
-        lower, _, _ = tvm.tirx.get_tir_pipeline("s_tir")
-        func = next(f for f in lower(lowered).functions.values() if isinstance(f, tvm.tirx.PrimFunc))
+        func = lowered(RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod), target)
         return bool(prefetch_weights(func)[1])
     except Exception as exc:  # TVM's lowering rejects it: keep the tuned schedule
         log.info("per-task accumulators do not lower: %s", str(exc).strip().splitlines()[-1][:200])
         return False
+
+
+def lowered(mod, target):
+    """The one PrimFunc of ``mod`` after TVM's default lowering for ``target``: what ``PrefetchWeights`` sees."""
+    import tvm
+
+    mod = tvm.tirx.transform.BindTarget(target.with_host(target))(mod)
+    lower, _, _ = tvm.tirx.get_tir_pipeline("s_tir")
+    return next(f for f in lower(mod).functions.values() if isinstance(f, tvm.tirx.PrimFunc))
 
 
 # --- the TIR pass. TVM 0.27's Python has no statement visitor or mutator: these walk and rebuild the
@@ -227,7 +217,7 @@ def _prefetches(loop, allocated: dict, analyzer):
             continue
         index = load.indices[0]
         start, lanes = (index.base, int(index.lanes)) if type(index).__name__ == "Ramp" else (index, 1)
-        start = analyzer.simplify(analyzer.simplify(start))
+        start = analyzer.simplify(start)
         used = {v.name: v for v in _nodes(start, "Var")}
         if bound & set(used):
             continue
@@ -327,16 +317,17 @@ def _pass():
     return prefetch_pass
 
 
-def register_pipeline() -> None:
-    """Register TIR pipeline ``PIPELINE``: TVM's default one, then ``PrefetchWeights``."""
+def register_pipeline() -> str:
+    """Register TIR pipeline ``PIPELINE`` (TVM's default one, then ``PrefetchWeights``) once; returns its name."""
     import tvm
     from tvm.tirx import compilation_pipeline as pipelines
 
     if PIPELINE in pipelines.PIPELINE_MAP:
-        return
+        return PIPELINE
 
     def factory():
         lower, finalize_host, finalize_device = pipelines.get_tir_pipeline("s_tir")
         return tvm.transform.Sequential([lower, _pass()]), finalize_host, finalize_device
 
     pipelines.register_tir_pipeline(PIPELINE, factory)
+    return PIPELINE
