@@ -79,6 +79,24 @@ def test_a_large_weight_stream_is_prefetched_ahead_with_the_accumulators_on_the_
     assert workspaces == [1, 0]  # TVM gives the 1 KB accumulators a workspace block; prefetched, the stack
 
 
+@pytest.mark.parametrize("flop_per_byte, hint", [(None, 3), (2, 0), (prefetch.MAX_NTA_FLOP_PER_BYTE, 3)])
+def test_the_cache_hint_follows_the_kernels_flops_per_weight_byte(target, flop_per_byte, hint):
+    """A kernel doing little arithmetic per weight byte (as stage 4 at 112) streams its weights past the
+    caches (locality 0); one that re-reads them, or whose FLOPs are not known, keeps them (3)."""
+    import re
+
+    import tvm
+
+    func = _kernel(1024)
+    if flop_per_byte is not None:
+        func = func.with_attr(prefetch.FLOPS_ATTR, float(flop_per_byte * (1 << 20)))
+    lib = tvm.tirx.build(func, target=target, pipeline=prefetch.register_pipeline())
+    hints = re.findall(r"call void @llvm\.prefetch\.p0\(ptr [^,]+, i32 0, i32 (\d), i32 1\)", _ll(lib))
+    assert hints and set(hints) == {str(hint)}
+    got, want = _run(lib, 1024)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-3)
+
+
 def test_weights_that_stay_in_cache_are_left_alone(target):
     assert prefetch.prefetch_weights(_lowered(_kernel(512), target))[1] == []  # 0.5 MiB
 

@@ -21,6 +21,15 @@ prefetch has nothing to hide):
    more a TVMBackendAllocWorkspace block, through which LLVM cannot tell that the prefetch does not
    read the accumulators, and then stops holding them in registers: the loop runs 2.5x slower) and
    insert ``llvm.prefetch`` of the lines the loop will read ``AHEAD_BYTES`` further on.
+
+The prefetch's cache hint follows the kernel's arithmetic per weight byte (its workload's FLOPs, which
+``apply_to_tuned`` records on each tuned function): a kernel doing less than ``MAX_NTA_FLOP_PER_BYTE``
+(about these hosts' machine balance: znver5's 2 cores do 476 GFLOP/s against 44 GB/s, 10.8) is bound
+by its weights' trip and gets non-temporal prefetches (``prefetchnta``), which on znver5 keep those
+weights from evicting what the other layers read again; the rest prefetch into every level (their many
+output tiles re-read the weights: at resnet18 448 non-temporal stage-4 weights ran 6% slower).
+resnet18's and resnet50's stage 4 at 112 (4x4 images, 8 FLOPs a byte) and the classifiers are the
+former: resnet18 at 112 ran ~9% faster with it (benchmarks/README.md, session 22).
 """
 
 from __future__ import annotations
@@ -34,6 +43,9 @@ log = logging.getLogger(__name__)
 PIPELINE = "tunekit"  # tvm.compile(..., tir_pipeline=PIPELINE)
 AHEAD_BYTES = 16384  # how far ahead of the loop's reads (benchmarks/README.md: 8-32 KB alike on znver5)
 LOCALITY = 3  # llvm.prefetch's hint: into every cache level
+LOCALITY_STREAMED = 0  # for memory-bound kernels: non-temporal
+MAX_NTA_FLOP_PER_BYTE = 12  # kernels doing fewer FLOPs than this per weight byte stream them non-temporally
+FLOPS_ATTR = "tunekit.flops"  # PrimFunc attribute: the workload's FLOPs (set by apply_to_tuned)
 MIN_STREAM_BYTES = 1 << 20  # weights of less than this stay in L2 between tasks: nothing to hide
 MAX_STACK_BYTES = 16384  # accumulators above this stay where TVM puts them (and the loop unprefetched)
 MAX_LINES_PER_STEP = 16  # a loop step that reads more lines than this is left alone
@@ -75,12 +87,17 @@ def _cache_per_task(sch, block: str) -> None:
 
 def apply_to_tuned(before, after, names: list[str], target, db) -> list[str]:
     """Replace each tuned function ``names`` of the module ``after`` (``before`` with the database applied)
-    by its record replayed with per-task accumulators. Returns the names replaced."""
+    by its record replayed with per-task accumulators, each marked with its workload's FLOPs
+    (``FLOPS_ATTR``). Returns the names replaced."""
+    from tvm.s_tir.analysis import estimate_tir_flops
+
     from tunekit import fallback
 
     done = []
     for name in names:
         task = fallback.task_module(before[name])
+        flops = float(estimate_tir_flops(task))
+        after[name] = after[name].with_attr(FLOPS_ATTR, flops)
         record = db.query_tuning_record(task, target, name)
         if record is None:
             continue
@@ -90,7 +107,7 @@ def apply_to_tuned(before, after, names: list[str], target, db) -> list[str]:
             log.info("%s: no per-task accumulators: %s", name, exc)
             continue
         if sch is not None and _prefetched(sch.mod, target):
-            after[name] = fallback.as_scheduled(sch, name)
+            after[name] = fallback.as_scheduled(sch, name).with_attr(FLOPS_ATTR, flops)
             done.append(name)
     return done
 
@@ -197,8 +214,9 @@ def _nbytes(buf) -> int | None:
     return math.prod(int(x) for x in buf.shape) * buf.dtype.bits * max(1, buf.dtype.lanes) // 8
 
 
-def _prefetches(loop, allocated: dict, analyzer):
-    """The prefetch statements for ``loop`` and the names of the buffers it stores into, or None."""
+def _prefetches(loop, allocated: dict, analyzer, flops: float | None = None):
+    """The prefetch statements for ``loop`` and the names of the buffers it stores into, or None.
+    ``flops``: the kernel's, if known (they choose the cache hint)."""
     from tvm import tirx
     from tvm.sym import detect_linear_equation
 
@@ -251,10 +269,11 @@ def _prefetches(loop, allocated: dict, analyzer):
         if len(lines) > MAX_LINES_PER_STEP:
             continue
         ahead = max(1, round(AHEAD_BYTES / (stride * element)))
+        locality = LOCALITY_STREAMED if flops and flops < MAX_NTA_FLOP_PER_BYTE * _nbytes(buf) else LOCALITY
         for line in lines:
             address = tirx.address_of(tirx.BufferLoad(buf, [rest + stride * (loop.loop_var + ahead) + line * per_line]))
             statements.append(tirx.Evaluate(tirx.call_llvm_intrin(
-                "void", "llvm.prefetch.p0", address, tirx.const(0, "int32"), tirx.const(LOCALITY, "int32"),
+                "void", "llvm.prefetch.p0", address, tirx.const(0, "int32"), tirx.const(locality, "int32"),
                 tirx.const(1, "int32"))))
     return (statements, stored) if statements else None
 
@@ -266,6 +285,7 @@ def prefetch_weights(func):
 
     analyzer = Analyzer()
     changed = []
+    flops = func.attrs.get(FLOPS_ATTR) if func.attrs is not None else None
 
     def in_parallel(par):
         allocated = {a.buffer.name: a.buffer for a in _nodes(par.body, "AllocBuffer")}
@@ -279,7 +299,7 @@ def prefetch_weights(func):
                 return None
             if any(inner.same_as(done) for inner in _nodes(node.body, "For") for done in prefetching):
                 return None  # a loop inside it prefetches already
-            found = _prefetches(node, allocated, analyzer)
+            found = _prefetches(node, allocated, analyzer, None if flops is None else float(flops))
             if found is None:
                 return None
             statements, stored = found
