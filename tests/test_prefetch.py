@@ -29,6 +29,30 @@ def main(x: T.Buffer((4, {k}), "float32"), w: T.Buffer((4, {k}, 64), "float32"),
 """
 
 
+# The same with a 3x3 window as a stride-2 convolution reads it: each step of k reads a 2.3 KB block of
+# weights (36 lines) in loops of 3 too short to prefetch from.
+WINDOW = """
+@T.prim_func
+def main(x: T.Buffer((4, {k}, 3, 3), "float32"), w: T.Buffer((4, {k}, 3, 3, 64), "float32"),
+         out: T.Buffer((4, 256), "float32")):
+    T.func_attr({{"tir.noalias": True, "global_symbol": "main"}})
+    for task in T.parallel(4):
+        acc = T.decl_buffer((4, 64), "float32")
+        for i in range(4):
+            for j in T.vectorized(64):
+                acc[i, j] = T.float32(0)
+        for k in range({k}):
+            for ry in range(3):
+                for rx in range(3):
+                    for i in range(4):
+                        for j in T.vectorized(64):
+                            acc[i, j] = acc[i, j] + x[i, k, ry, rx] * w[task, k, ry, rx, j]
+        for i in range(4):
+            for j in T.vectorized(64):
+                out[i, task * 64 + j] = acc[i, j]
+"""
+
+
 def _lowered(func, target):
     import tvm
 
@@ -95,6 +119,24 @@ def test_the_cache_hint_follows_the_kernels_flops_per_weight_byte(target, flop_p
     assert hints and set(hints) == {str(hint)}
     got, want = _run(lib, 1024)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-3)
+
+
+def test_a_block_too_large_for_one_step_is_prefetched_across_the_loops_inside(target):
+    import tvm
+    from tvm.script import tirx as T
+
+    k = 128  # 1.1 MiB of weights
+    func = tvm.script.from_source(WINDOW.format(k=k), extra_vars={"T": T})
+    changed = prefetch.prefetch_weights(_lowered(func, target))[1]
+    assert changed == ["k (x128, 36 lines a step, 1 in each of 36 inner iterations)"]
+    lib = tvm.tirx.build(func, target=target, pipeline=prefetch.register_pipeline())
+    assert "@llvm.prefetch" in _ll(lib)
+    rng = np.random.default_rng(4)
+    x, w = rng.standard_normal((4, k, 3, 3)).astype("float32"), rng.standard_normal((4, k, 3, 3, 64)).astype("float32")
+    out = tvm.runtime.tensor(np.zeros((4, 256), "float32"))
+    lib["main"](tvm.runtime.tensor(x), tvm.runtime.tensor(w), out)
+    want = np.einsum("ikab,tkabj->itj", x, w).reshape(4, 256)
+    np.testing.assert_allclose(out.numpy(), want, rtol=1e-4, atol=1e-3)
 
 
 def test_weights_that_stay_in_cache_are_left_alone(target):

@@ -20,7 +20,9 @@ prefetch has nothing to hide):
    body (the accumulators), put those buffers on the stack (TVM otherwise gives anything of 1 KB or
    more a TVMBackendAllocWorkspace block, through which LLVM cannot tell that the prefetch does not
    read the accumulators, and then stops holding them in registers: the loop runs 2.5x slower) and
-   insert ``llvm.prefetch`` of the lines the loop will read ``AHEAD_BYTES`` further on.
+   insert ``llvm.prefetch`` of the lines the loop will read ``AHEAD_BYTES`` further on. A loop whose step
+   reads more lines than ``MAX_LINES_PER_STEP`` (stage 4's stride-2 3x3 reads a 9 KB block a step, in
+   loops of 3 too short to prefetch from) has them spread over the iterations of the loops inside it.
 
 The prefetch's cache hint follows the kernel's arithmetic per weight byte (its workload's FLOPs, which
 ``apply_to_tuned`` records on each tuned function): a kernel doing less than ``MAX_NTA_FLOP_PER_BYTE``
@@ -48,7 +50,7 @@ MAX_NTA_FLOP_PER_BYTE = 12  # kernels doing fewer FLOPs than this per weight byt
 FLOPS_ATTR = "tunekit.flops"  # PrimFunc attribute: the workload's FLOPs (set by apply_to_tuned)
 MIN_STREAM_BYTES = 1 << 20  # weights of less than this stay in L2 between tasks: nothing to hide
 MAX_STACK_BYTES = 16384  # accumulators above this stay where TVM puts them (and the loop unprefetched)
-MAX_LINES_PER_STEP = 16  # a loop step that reads more lines than this is left alone
+MAX_LINES_PER_STEP = 16  # prefetches in one loop step at most (more lines are spread over the loops inside)
 _LINE = 64
 _DISABLE_LOWER_BUILTIN = "disable_lower_builtin"  # TVM's kDisableLowerTVMBuiltin: keep an allocation on the stack
 
@@ -215,8 +217,10 @@ def _nbytes(buf) -> int | None:
 
 
 def _prefetches(loop, allocated: dict, analyzer, flops: float | None = None):
-    """The prefetch statements for ``loop`` and the names of the buffers it stores into, or None.
-    ``flops``: the kernel's, if known (they choose the cache hint)."""
+    """``loop`` with its weight streams prefetched, the names of the buffers it stores into and what was
+    done, or None. ``flops``: the kernel's, if known (they choose the cache hint). A stream whose step
+    reads more than ``MAX_LINES_PER_STEP`` lines (a stride-2 3x3 convolution reads a 9 KB block a
+    step) has its prefetches spread over the iterations of the loops nested right inside ``loop``."""
     from tvm import tirx
     from tvm.sym import detect_linear_equation
 
@@ -245,7 +249,10 @@ def _prefetches(loop, allocated: dict, analyzer, flops: float | None = None):
             continue
         streams.setdefault(buf.name, []).append((int(linear[0]), [int(c) for c in linear[1:-1]], loops, linear[-1],
                                                  lanes, buf))
-    statements = []
+    top, spread, done = [], [], []
+    chain = _perfect_nest(loop.body)
+    iterations = math.prod(int(f.extent) for f in chain)
+    step = sum((f.loop_var - f.min) * math.prod(int(g.extent) for g in chain[i + 1:]) for i, f in enumerate(chain))
     for reads in streams.values():
         stride, _, _, rest, _, buf = reads[0]
         element = buf.dtype.bits // 8
@@ -266,16 +273,43 @@ def _prefetches(loop, allocated: dict, analyzer, flops: float | None = None):
         if not offsets:
             continue
         lines = sorted({o // per_line for o in offsets} | set(range(min(offsets) // per_line, (min(offsets) + stride - 1) // per_line + 1)))
-        if len(lines) > MAX_LINES_PER_STEP:
-            continue
         ahead = max(1, round(AHEAD_BYTES / (stride * element)))
         locality = LOCALITY_STREAMED if flops and flops < MAX_NTA_FLOP_PER_BYTE * _nbytes(buf) else LOCALITY
-        for line in lines:
+
+        def prefetch(line):  # a line of the block read ``ahead`` steps on
             address = tirx.address_of(tirx.BufferLoad(buf, [rest + stride * (loop.loop_var + ahead) + line * per_line]))
-            statements.append(tirx.Evaluate(tirx.call_llvm_intrin(
+            return tirx.Evaluate(tirx.call_llvm_intrin(
                 "void", "llvm.prefetch.p0", address, tirx.const(0, "int32"), tirx.const(locality, "int32"),
-                tirx.const(1, "int32"))))
-    return (statements, stored) if statements else None
+                tirx.const(1, "int32")))
+
+        if len(lines) <= MAX_LINES_PER_STEP:
+            top += [prefetch(line) for line in lines]
+            done.append(f"{len(lines)} lines a step")
+        elif lines == list(range(lines[0], lines[-1] + 1)) and -(-len(lines) // iterations) <= MAX_LINES_PER_STEP:
+            per = -(-len(lines) // iterations)  # the last iterations may reach into the next block: harmless
+            spread += [prefetch(lines[0] + step * per + j) for j in range(per)]
+            done.append(f"{len(lines)} lines a step, {per} in each of {iterations} inner iterations")
+    if not done:
+        return None
+    body = loop.body
+    if spread:
+        body = tirx.SeqStmt(spread + [chain[-1].body])
+        for f in reversed(chain):
+            body = _with_body(f, body)
+    if top:
+        body = tirx.SeqStmt(top + [body])
+    return _with_body(loop, body), stored, "; ".join(done)
+
+
+def _perfect_nest(stmt) -> list:
+    """The loops of constant bounds nested one right inside the other from ``stmt`` (none if it is no loop)."""
+    from tvm import tirx
+
+    chain = []
+    while type(stmt).__name__ == "For" and isinstance(stmt.min, tirx.IntImm) and isinstance(stmt.extent, tirx.IntImm):
+        chain.append(stmt)
+        stmt = stmt.body
+    return chain
 
 
 def prefetch_weights(func):
@@ -302,11 +336,11 @@ def prefetch_weights(func):
             found = _prefetches(node, allocated, analyzer, None if flops is None else float(flops))
             if found is None:
                 return None
-            statements, stored = found
+            new, stored, done = found
             keep.update(stored)
-            changed.append(f"{node.loop_var.name} (x{int(node.extent)}, {len(statements)} lines a step)")
-            prefetching.append(_with_body(node, tirx.SeqStmt(statements + [node.body])))
-            return prefetching[-1]
+            changed.append(f"{node.loop_var.name} (x{int(node.extent)}, {done})")
+            prefetching.append(new)
+            return new
 
         body = _rebuild(par.body, loop)
         if not keep:
