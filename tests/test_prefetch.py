@@ -59,11 +59,11 @@ def _lowered(func, target):
     return prefetch.lowered(tvm.IRModule({"main": func}), target)
 
 
-def _kernel(k):
+def _kernel(k, source=KERNEL):
     import tvm
     from tvm.script import tirx as T
 
-    return tvm.script.from_source(KERNEL.format(k=k), extra_vars={"T": T})
+    return tvm.script.from_source(source.format(k=k), extra_vars={"T": T})
 
 
 def _run(lib, k):
@@ -123,10 +123,9 @@ def test_the_cache_hint_follows_the_kernels_flops_per_weight_byte(target, flop_p
 
 def test_a_block_too_large_for_one_step_is_prefetched_across_the_loops_inside(target):
     import tvm
-    from tvm.script import tirx as T
 
     k = 128  # 1.1 MiB of weights
-    func = tvm.script.from_source(WINDOW.format(k=k), extra_vars={"T": T})
+    func = _kernel(k, WINDOW)
     changed = prefetch.prefetch_weights(_lowered(func, target))[1]
     assert changed == ["k (x128, 36 lines a step, 1 in each of 36 inner iterations)"]
     lib = tvm.tirx.build(func, target=target, pipeline=prefetch.register_pipeline())
