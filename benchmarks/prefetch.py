@@ -94,39 +94,6 @@ def build_checked(text: str, target, path: str) -> None:
     lib.export_library(path)
 
 
-def time_library(path: str, runners, info=None) -> tuple[float, float]:
-    """(warm us, cold us) of an exported kernel with the runners of profile.py's --cold."""
-    from tvm.s_tir import meta_schedule as ms
-
-    info = info or [ms.arg_info.TensorInfo("float32", shape) for shape in SHAPES.values()]
-    times = []
-    for cold in (False, True):
-        (future,) = runners[cold].run([ms.runner.RunnerInput(path, "cpu", info)])
-        result = future.result()
-        if result.error_msg:
-            raise SystemExit(f"{path}: {result.error_msg.strip().splitlines()[-1]}")
-        times.append(statistics.median(float(s) for s in result.run_secs) * 1e6)
-    return times[0], times[1]
-
-
-def build_as_tunekit_does(task, record, target, path: str):
-    """The best record built as ``tunekit build`` builds it (``tunekit.prefetch``), exported to ``path``;
-    returns its argument info, or None where the prefetch does not apply to it."""
-    import tvm
-    from tvm.s_tir import meta_schedule as ms
-    from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
-
-    from tunekit import prefetch
-
-    sch = prefetch.accumulate_per_task(task.mod, record.trace, task.name, target)
-    if sch is None:
-        return None
-    info = ms.arg_info.ArgInfo.from_entry_func(sch.mod, remove_preproc=True)
-    tvm.tirx.build(RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(sch.mod), target=target,
-                   pipeline=prefetch.register_pipeline()).export_library(path)
-    return info
-
-
 def load_profile_script():
     spec = importlib.util.spec_from_file_location("tunekit_profile", Path(__file__).with_name("profile.py"))
     script = importlib.util.module_from_spec(spec)
@@ -143,6 +110,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
 
+    from tvm.s_tir import meta_schedule as ms
+
     from tunekit import database, frontend
     from tunekit.keys import Key
     from tunekit.targets import resolve_target
@@ -157,6 +126,7 @@ def main() -> None:
     if record is None:
         raise SystemExit(f"{args.db} has no record of resnet18's {TASK} at 112 for {spec.name}")
     builder, runners = profile._measurers(spec)
+    hand_info = [ms.arg_info.TensorInfo("float32", shape) for shape in SHAPES.values()]
     variants = sorted({(int(a), int(loc) if int(a) else 0) for a in args.ahead.split(",") for loc in args.locality.split(",")})
     workdir = tempfile.mkdtemp(prefix="tunekit-prefetch-")
     libraries = {}
@@ -165,22 +135,20 @@ def main() -> None:
         build_checked(hand_kernel(ahead, locality), target, path)
         libraries[f"by hand, prefetch {ahead} steps ahead, locality {locality}" if ahead else "by hand, no prefetch"] = path
     built_path = os.path.join(workdir, "tuned-prefetched.so")
-    built_info = build_as_tunekit_does(task, record, target, built_path)
+    built_info, prefetched = profile.build_as_tunekit_does(task, record, target, built_path)
     print(f"{TASK} (resnet18 at 112) on {spec.name} ({spec.tvm.get('mcpu', '')}): us a call, warm / cache flushed")
     rows: dict[str, list[tuple[float, float]]] = {"tuned (best record)": [], "tuned, as tunekit build builds it": [],
                                                   **{name: [] for name in libraries}}
-    if built_info is None:
+    if not prefetched:
         print("  (tunekit.prefetch leaves this record alone)")
-        del rows["tuned, as tunekit build builds it"]
     for round_ in range(args.rounds):
         times = profile._warm_cold(record, record.trace, target, builder, runners)
         if times is None:
             raise SystemExit(f"the best record of {TASK} failed to build or run")
         rows["tuned (best record)"].append(times)
-        if built_info is not None:
-            rows["tuned, as tunekit build builds it"].append(time_library(built_path, runners, built_info))
+        rows["tuned, as tunekit build builds it"].append(profile.time_library(built_path, runners, built_info))
         for name, path in libraries.items():
-            rows[name].append(time_library(path, runners))
+            rows[name].append(profile.time_library(path, runners, hand_info))
         for name, samples in rows.items():
             print(f"  round {round_ + 1}  {name:48s} warm {samples[-1][0]:7.1f}  cold {samples[-1][1]:7.1f}", flush=True)
     print(f"median of {args.rounds} rounds:")

@@ -18,8 +18,10 @@ take in the real run (cold from the previous layer, not warm as in tuning) and w
 (the VM, allocation, thread-pool wake-ups). --cold measures each task's best record again, warm (as
 tuning does) and with MetaSchedule's CPU cache flush before each of 20 single calls (every argument
 but the first cold: the weights as a layer finds them in a whole run of a model whose weights do not
-fit in cache, its input warm from the layer before). --retile TASK measures one task's best record
-the same two ways, and again with each --tiles variant of its tile sizes.
+fit in cache, its input warm from the layer before), then the same two ways as `tunekit build` builds
+it (the weight prefetch of ``tunekit.prefetch``): the cold figure to hold against --artifact's.
+--retile TASK measures one task's best record the same two ways as tuned, and again with each --tiles
+variant of its tile sizes.
 """
 
 from __future__ import annotations
@@ -118,16 +120,64 @@ def _best_record(db, task):
     return best[0][1] if best else None
 
 
-def warm_and_cold(db, tasks, spec) -> dict[str, tuple[float, float]]:
-    """Per task name with a record: (warm us, cold us) of its best record, measured again here on
-    ``spec``'s threads, as tune measures."""
+def time_library(path: str, runners, info) -> tuple[float, float]:
+    """(warm us, cold us) of an exported kernel taking ``info``'s arguments, with ``_measurers``' runners."""
+    from tvm.s_tir import meta_schedule as ms
+
+    times = []
+    for cold in (False, True):
+        (future,) = runners[cold].run([ms.runner.RunnerInput(path, "cpu", info)])
+        result = future.result()
+        if result.error_msg:
+            raise SystemExit(f"{path}: {result.error_msg.strip().splitlines()[-1]}")
+        times.append(statistics.median(float(s) for s in result.run_secs) * 1e6)
+    return times[0], times[1]
+
+
+def build_as_tunekit_does(task, record, target, path: str):
+    """``record`` built as ``tunekit build`` builds it on a CPU (``tunekit.prefetch.apply_to_tuned``: replayed
+    with per-task accumulators where the prefetch then applies, its FLOPs recorded for the cache hint, the
+    prefetch pipeline), exported to ``path``; returns (its argument info, whether the prefetch applied)."""
+    import tvm
+    from tvm.s_tir import meta_schedule as ms
+    from tvm.s_tir.analysis import estimate_tir_flops
+    from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
+
+    from tunekit import prefetch
+
+    try:
+        sch = prefetch.accumulate_per_task(task.mod, record.trace, task.name, target)
+    except ValueError:
+        sch = None
+    prefetched = sch is not None and prefetch._prefetched(sch.mod, target)
+    if not prefetched:
+        sch = tvm.s_tir.Schedule(task.mod)
+        record.trace.apply_to_schedule(sch, remove_postproc=False)
+    mod = sch.mod
+    mod["main"] = mod["main"].with_attr(prefetch.FLOPS_ATTR, float(estimate_tir_flops(task.mod)))
+    info = ms.arg_info.ArgInfo.from_entry_func(mod, remove_preproc=True)
+    tvm.tirx.build(RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod), target=target,
+                   pipeline=prefetch.register_pipeline()).export_library(path)
+    return info, prefetched
+
+
+def warm_and_cold(db, tasks, spec) -> dict[str, tuple[float, float, float, float, bool]]:
+    """Per task name with a record: its best record measured again here on ``spec``'s threads, as tune
+    measures, warm and cache-flushed, then the same built as ``tunekit build`` builds it (the weight
+    prefetch), warm and cache-flushed, and whether the prefetch applied: (warm us, cold us, built warm
+    us, built cold us, prefetched)."""
     builder, runners = _measurers(spec)
+    target = spec.tvm_target()
+    workdir = tempfile.mkdtemp(prefix="tunekit-profile-")
     out = {}
     for task in tasks:
         record = _best_record(db, task)
-        times = _warm_cold(record, record.trace, spec.tvm_target(), builder, runners) if record else None
-        if times is not None:
-            out[task.name] = times
+        times = _warm_cold(record, record.trace, target, builder, runners) if record else None
+        if times is None:
+            continue
+        path = os.path.join(workdir, f"{task.name}.so")
+        info, prefetched = build_as_tunekit_does(task, record, target, path)
+        out[task.name] = (*times, *time_library(path, runners, info), prefetched)
     return out
 
 
@@ -167,7 +217,7 @@ def main() -> None:
     parser.add_argument("--target", default="host")
     parser.add_argument("--ort", action="store_true", help="Also ONNX Runtime's per-node profile.")
     parser.add_argument("--cold", action="store_true", help="Also measure each task's best record again, warm "
-                        "and with the CPU cache flushed.")
+                        "and with the CPU cache flushed, as tuned and as built (the weight prefetch).")
     parser.add_argument("--retile", metavar="TASK", help="Measure TASK's best record warm and cold, and again "
                         "with each --tiles variant.")
     parser.add_argument("--tiles", action="append", default=[], metavar="I=F,F,..[ I=..]",
@@ -213,14 +263,13 @@ def main() -> None:
             print(f"  {label}: " + (f"warm {times[0]:.1f}  cold {times[1]:.1f}" if times else "failed to build or run"))
     if args.cold:
         times = warm_and_cold(db, tasks, spec)
-        measured = sorted(((t, *times[t.name]) for t in tasks if t.name in times), key=lambda r: -r[2] * r[0].weight)
-        warm = sum(w * t.weight for t, w, _ in measured)
-        cold = sum(c * t.weight for t, _, c in measured)
-        print(f"best records measured again, x uses: warm {warm / 1000:.2f} ms, cache flushed {cold / 1000:.2f} ms "
-              f"({cold / warm:.2f}x)")
-        for task, w, c in measured:
-            print(f"  {w * task.weight:8.1f} us warm  {c * task.weight:8.1f} us cold  {c / w:5.2f}x  x{task.weight}"
-                  f"  {task.name}")
+        measured = sorted(((t, *times[t.name]) for t in tasks if t.name in times), key=lambda r: -r[4] * r[0].weight)
+        sums = [sum(row[i] * row[0].weight for row in measured) / 1000 for i in (1, 2, 3, 4)]
+        print(f"best records measured again, x uses, warm / cache flushed: as tuned {sums[0]:.2f} / {sums[1]:.2f} ms, "
+              f"as built (weight prefetch) {sums[2]:.2f} / {sums[3]:.2f} ms")
+        for task, w, c, bw, bc, prefetched in measured:
+            print(f"  tuned {w * task.weight:8.1f} / {c * task.weight:8.1f} us  built {bw * task.weight:8.1f} / "
+                  f"{bc * task.weight:8.1f} us  x{task.weight}  {task.name}{'' if prefetched else ' (no prefetch)'}")
     if args.ort:
         nodes = ort_profile(graph, default_threads(spec), args.runs)
         ort_total = sum(us for _, _, us in nodes)

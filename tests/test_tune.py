@@ -472,3 +472,23 @@ def test_rerank_times_candidates_in_the_run_and_build_takes_the_fastest_there(tu
     assert cli("db", "prune", "--db", copy, "--top-k", 1).exit_code == 0
     with sqlite3.connect(copy) as conn:
         assert conn.execute("SELECT id FROM records WHERE workload_id=?", (wid,)).fetchall() == [(loser,)]
+
+
+def test_profile_cold_times_each_task_as_tuned_and_as_built(tuned_db):
+    """benchmarks/profile.py --cold: each task's best record warm and cache-flushed, as tuned and as
+    `tunekit build` builds it (the prefetch pipeline; tinyconv's weights are too small to prefetch)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "profile.py"  # not the stdlib's profile
+    spec = importlib.util.spec_from_file_location("tunekit_profile", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    host = resolve_target("host")
+    tasks, _ = frontend.tasks_of(frontend.onnx_graph(Key("tinyconv", 32, 32), model="tinyconv"), host.tvm_target(),
+                                 host.conv_layout, host.conv_winograd)
+    db = database.open_database(str(tuned_db[0]), host.tvm_target())
+    times = script.warm_and_cold(db, tasks[:2], host)
+    assert set(times) == {t.name for t in tasks[:2]}
+    for warm, cold, built_warm, built_cold, prefetched in times.values():
+        assert min(warm, cold, built_warm, built_cold) > 0 and prefetched is False
