@@ -297,16 +297,17 @@ def test_plan_gives_the_highest_resolution_within_a_budget(report, cli, tmp_path
 
 def test_ci_recipe_passes_an_unchanged_build_and_fails_a_worse_one(cli, tmp_path):
     """make bench-ci's two steps (bench tuned beside ONNX Runtime, then compare relative to it) on tinyconv.
-    The worse build is the same model compiled for plain x86-64 (SSE2: 4-lane vectors instead of AVX's 8
-    or 16), a deliberately worse schedule for this CPU measured with the same threads; the gate's threshold
-    is half the slowdown it measures here. 10 repeats a process: with 5 the 95% interval of a 22% slowdown
-    reached down to -0.9% once on a noisy host (session 22) and the gate called it not significant."""
+    The worse build is the same model compiled for plain x86-64 without LLVM's optimisations (opt-level 0:
+    ~15x slower on one thread of Zen 5), measured with the same threads; the gate's threshold is half the
+    slowdown it measures here, never above 25%. A subtler worse build (SSE2 code, optimised: 1.2x) made
+    this test flaky on a noisy host: with 3 processes its 95% interval reached below zero twice (-0.9% in
+    session 22, -2.3% in session 23) and the gate rightly called a change that small not significant."""
     threads = "1"
-    sse2 = tmp_path / "sse2.json"
-    sse2.write_text(json.dumps({"name": "sse2", "description": "x86-64 baseline ISA only",
-                                "tvm": {"kind": "llvm", "mcpu": "x86-64", "num-cores": 1}, "cores": 1,
-                                "threads": 1}))
-    builds = {"good": "host", "worse": str(sse2)}
+    slow = tmp_path / "o0.json"
+    slow.write_text(json.dumps({"name": "o0", "description": "x86-64 baseline ISA, unoptimised code",
+                                "tvm": {"kind": "llvm", "mcpu": "x86-64", "num-cores": 1, "opt-level": 0},
+                                "cores": 1, "threads": 1}))
+    builds = {"good": "host", "worse": str(slow)}
     for name, target in builds.items():
         result = cli("build", "--model", "tinyconv", "--res", "64", "--target", target, "--out", tmp_path / name,
                      "--db", tmp_path / "none.db")
@@ -325,10 +326,10 @@ def test_ci_recipe_passes_an_unchanged_build_and_fails_a_worse_one(cli, tmp_path
         (row,) = json.loads(path.read_text())["rows"]
         return row["tuned"]["median_ms"] / row["onnxruntime"]["median_ms"]
 
-    # How much worse SSE2 code is depends on the CPU (1.18-1.24x for tinyconv on one thread of
-    # Zen 5, session 17), so the gate's threshold is half of what this host measured, never above 25%.
+    # How much worse the unoptimised code is depends on the CPU, so the gate's threshold is half of what
+    # this host measured, never above 25%.
     slowdown = relative(worse) / relative(base) - 1
-    assert slowdown > 0.10, f"the SSE2 build is only {slowdown:.1%} slower here: no regression to catch"
+    assert slowdown > 0.10, f"the unoptimised build is only {slowdown:.1%} slower here: no regression to catch"
     gate = ("--relative-to", "onnxruntime", "--max-regression", f"{min(25.0, 100 * slowdown / 2):.1f}%")
     unchanged = cli("compare", base, again, *gate)
     assert unchanged.exit_code == 0, unchanged.output
