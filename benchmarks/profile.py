@@ -135,9 +135,9 @@ def time_library(path: str, runners, info) -> tuple[float, float]:
 
 
 def build_as_tunekit_does(task, record, target, path: str):
-    """``record`` built as ``tunekit build`` builds it on a CPU (``tunekit.prefetch.apply_to_tuned``: replayed
-    with per-task accumulators where the prefetch then applies, its FLOPs recorded for the cache hint, the
-    prefetch pipeline), exported to ``path``; returns (its argument info, whether the prefetch applied)."""
+    """``record`` built as ``tunekit build`` builds it on a CPU (``tunekit.prefetch.built_schedule``, its FLOPs
+    recorded for the cache hint, the prefetch pipeline), exported to ``path``; returns (its argument info,
+    whether the prefetch applied)."""
     import tvm
     from tvm.s_tir import meta_schedule as ms
     from tvm.s_tir.analysis import estimate_tir_flops
@@ -145,11 +145,8 @@ def build_as_tunekit_does(task, record, target, path: str):
 
     from tunekit import prefetch
 
-    try:
-        sch = prefetch.accumulate_per_task(task.mod, record.trace, task.name, target)
-    except ValueError:
-        sch = None
-    prefetched = sch is not None and prefetch._prefetched(sch.mod, target)
+    sch = prefetch.built_schedule(task.mod, record.trace, task.name, target)
+    prefetched = sch is not None
     if not prefetched:
         sch = tvm.s_tir.Schedule(task.mod)
         record.trace.apply_to_schedule(sch, remove_postproc=False)

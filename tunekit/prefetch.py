@@ -101,17 +101,23 @@ def apply_to_tuned(before, after, names: list[str], target, db) -> list[str]:
         flops = float(estimate_tir_flops(task))
         after[name] = after[name].with_attr(FLOPS_ATTR, flops)
         record = db.query_tuning_record(task, target, name)
-        if record is None:
-            continue
-        try:
-            sch = accumulate_per_task(task, record.trace, name, target)
-        except ValueError as exc:
-            log.info("%s: no per-task accumulators: %s", name, exc)
-            continue
-        if sch is not None and _prefetched(sch.mod, target):
+        sch = built_schedule(task, record.trace, name, target) if record is not None else None
+        if sch is not None:
             after[name] = fallback.as_scheduled(sch, name).with_attr(FLOPS_ATTR, flops)
             done.append(name)
     return done
+
+
+def built_schedule(mod, trace, name: str, target):
+    """What the build compiles for a tuned record of the one-function ``mod``: ``trace`` replayed with
+    per-task accumulators where ``PrefetchWeights`` then finds a weight stream to prefetch, else None
+    (the record stays as tuned)."""
+    try:
+        sch = accumulate_per_task(mod, trace, name, target)
+    except ValueError as exc:
+        log.info("%s: no per-task accumulators: %s", name, exc)
+        return None
+    return sch if sch is not None and _prefetched(sch.mod, target) else None
 
 
 def _prefetched(mod, target) -> bool:
