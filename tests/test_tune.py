@@ -241,6 +241,20 @@ def test_dry_run_plans_without_tuning(cli, tmp_path):
         assert conn.execute("SELECT COUNT(*) FROM workloads").fetchone()[0] == 12
 
 
+def test_only_new_plans_the_tasks_the_database_has_nothing_for(tuned_db, cli, tmp_path):
+    # 32 is tuned; at 32,40 only 40's tasks are new (the fc and its flatten are shared with 32)
+    db = _copy(tuned_db[0], tmp_path / "c.db")
+    args = ["tune", "--model", "tinyconv", "--res", "32,40", "--trials-per-task", "3", "--db", db, "--dry-run"]
+    everything = cli(*args)
+    assert "14 tasks over 2 resolution(s) -> 12 unique" in everything.output
+    assert "2/12 tasks already done" not in everything.output  # 3 trials a task: 32's 2 are not enough
+    only = cli(*args, "--only-new")
+    assert only.exit_code == 0, only.output
+    assert "14 tasks over 2 resolution(s) -> 5 unique (4 to search, 1 with one schedule)" in only.output
+    assert "0 trials reused from the database" in only.output and "0/5 tasks already done" in only.output
+    assert _records(db) == 12
+
+
 def test_search_population_follows_budget():
     from tunekit.tuning import search_strategy
 

@@ -102,9 +102,10 @@ class Job:
 
 
 def plan(job: Job, trials: int | None = None, trials_per_task: int | None = None, transfer: bool = True,
-         anchors: list[int] | None = None, rpc: tuple[str, int, str] | None = None):
-    """What ``tune`` would do: the tasks, their budgets, what the database already holds (a ``tuning.Plan``).
-    Checks first that there is somewhere to measure (the ``rpc`` tracker, or a GPU for GPU targets)."""
+         anchors: list[int] | None = None, rpc: tuple[str, int, str] | None = None, only_new: bool = False):
+    """What ``tune`` would do: the tasks, their budgets, what the database already holds (a ``tuning.Plan``;
+    with ``only_new``, only the tasks it holds nothing for). Checks first that there is somewhere to measure
+    (the ``rpc`` tracker, or a GPU for GPU targets)."""
     from tunekit import tuning
 
     if rpc:
@@ -130,7 +131,7 @@ def plan(job: Job, trials: int | None = None, trials_per_task: int | None = None
         with native_stderr_to(job.db_path.with_suffix(".log")):
             return tuning.plan(db, job.spec.tvm_target(), job.keys, job.graph, trials, trials_per_task,
                                transfer=transfer, anchors=anchors, layout=job.spec.conv_layout,
-                               winograd=job.spec.conv_winograd)
+                               winograd=job.spec.conv_winograd, only_new=only_new)
     finally:
         db.checkpoint()
 

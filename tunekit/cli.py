@@ -295,9 +295,12 @@ class _Reporter:
                    "as a layer finds them in a whole run of a model too big for the cache. Its times do not "
                    "compare with warm ones (source 'cold'): tune into a database of its own, export it, "
                    "`tunekit db import --cold` it into the main one and `tunekit db rerank` there.")
+@click.option("--only-new", is_flag=True,
+              help="Tune only the tasks the database has no record of (new since an update changed how models are "
+                   "prepared, or missing from an imported reference set); the others are left as they are.")
 @click.option("--dry-run", is_flag=True, help="Plan (tasks, budget, what is already done) and stop.")
 def tune(model, onnx_file, res, target, trials, trials_per_task, batch, weights, db_path, rpc, rpc_key, seed,
-         anchor, no_transfer, cache_flush, dry_run):
+         anchor, no_transfer, cache_flush, only_new, dry_run):
     """Tune every task of a model at each resolution with MetaSchedule.
 
     Records land in the database as they are measured. Running the same command
@@ -311,6 +314,7 @@ def tune(model, onnx_file, res, target, trials, trials_per_task, batch, weights,
       tunekit tune --model resnet50 --res 112..448 --target host
       tunekit tune --model resnet18 --res 112..448 --anchor 224 --trials 3000
       tunekit tune --model resnet18 --res 224 --trials 2000 --db logs/r18.db
+      tunekit tune --model resnet50 --res 392 --trials-per-task 32 --only-new --db tuning_logs/reference-znver5-2c.db
       tunekit tune --model resnet18 --res 224 --target i7-4790k --rpc 127.0.0.1:9190 --rpc-key i7-4790k
     """
     import shlex
@@ -324,7 +328,7 @@ def tune(model, onnx_file, res, target, trials, trials_per_task, batch, weights,
                f"{job.spec.name}: {json.dumps(job.spec.tvm)}")
     click.echo(f"database {job.db_path}; TVM's own log {job.db_path.with_suffix('.log')}")
     anchors = sides_for(anchor, model) if anchor else None
-    plan = api.plan(job, trials, trials_per_task, not no_transfer, anchors, rpc_addr)
+    plan = api.plan(job, trials, trials_per_task, not no_transfer, anchors, rpc_addr, only_new)
     _print_plan(plan, len(job.sides))
     if dry_run:
         return

@@ -131,7 +131,7 @@ def default_anchor(sides: list[int]) -> int:
 
 def plan(db, target, keys: list[Key], graph_of: Callable[[Key], object], trials: int | None,
          trials_per_task: int | None, transfer: bool = True, anchors: list[int] | None = None,
-         layout: str | None = None, winograd: bool | None = None) -> Plan:
+         layout: str | None = None, winograd: bool | None = None, only_new: bool = False) -> Plan:
     """Extract tasks for every key, deduplicate them, and give each its budget.
 
     ``trials`` is the total budget for this sweep, split over the unique
@@ -139,7 +139,8 @@ def plan(db, target, keys: list[Key], graph_of: Callable[[Key], object], trials:
     With ``transfer`` and several resolutions, tasks of the ``anchors`` (default:
     ``default_anchor``) get the full per-task budget and are tuned first; the
     others get a quarter of it, seeded with schedules adapted from the nearest
-    tuned resolution, and are tuned nearest-to-an-anchor first.
+    tuned resolution, and are tuned nearest-to-an-anchor first. ``only_new`` keeps only the
+    tasks the database has measured nothing for.
 
     Raises
     ------
@@ -161,7 +162,7 @@ def plan(db, target, keys: list[Key], graph_of: Callable[[Key], object], trials:
                 by_wid[wid] = PlannedTask(wid, task.name, task.mod, _has_search_space(task.mod, target), 0,
                                           db.trials(wid), key.model, key.batch)
             by_wid[wid].uses.append((key.height, task.weight))
-    planned = list(by_wid.values())
+    planned = [t for t in by_wid.values() if not only_new or t.done == 0]
     searchable = [t for t in planned if t.searchable]
     sides = sorted(per_resolution)
     anchors = [a for a in (anchors or [default_anchor(sides)]) if a in sides] if transfer and len(sides) > 1 else []
