@@ -247,7 +247,6 @@ def test_only_new_plans_the_tasks_the_database_has_nothing_for(tuned_db, cli, tm
     args = ["tune", "--model", "tinyconv", "--res", "32,40", "--trials-per-task", "3", "--db", db, "--dry-run"]
     everything = cli(*args)
     assert "14 tasks over 2 resolution(s) -> 12 unique" in everything.output
-    assert "2/12 tasks already done" not in everything.output  # 3 trials a task: 32's 2 are not enough
     only = cli(*args, "--only-new")
     assert only.exit_code == 0, only.output
     assert "14 tasks over 2 resolution(s) -> 5 unique (4 to search, 1 with one schedule)" in only.output
