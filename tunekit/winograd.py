@@ -17,13 +17,14 @@ for the transforms (``conv2d_nhwc_winograd_data_pack`` / ``_inverse``) unroll th
 constant-matrix products; the batched products get its multi-level tiling.
 
 The tile size follows the output: 4 where 4 divides the map's height and width, or where the map
-is at least 16 on a side and whole 4x4 tiles compute at most MAX_PADDING_4 more outputs than it
-has; else 2; and nothing for maps smaller than 8x8, whose few tiles make the products too thin to
+is at least 16 on a side and whole 4x4 tiles compute at most MAX_PADDING_4 times its outputs;
+else 2; and nothing for maps smaller than 8x8, whose few tiles make the products too thin to
 beat a direct convolution. F(4x4) takes 2.25 multiplies an output where F(2x2) takes 4, so
 a little padding costs less than the smaller tile. Measured on znver5 (resnet50, best of 32
 trials against the F(2x2) records of the reference set): 98x98 (100x100 computed, 4% more) 1187
 -> 884 us, 49x49 (52x52, 13%) 877 -> 685, 25x25 (28x28, 25%) 957 -> 680; 14x14 (16x16, 31%) 269 ->
-287 and 13x13 (16x16, 51%, 16 tiles) 1009 -> 4208: F(2x2) stays there.
+287 and 13x13 (16x16, 51%, 16 tiles) 1009 -> 4208: F(2x2) stays there. A second, noisier sitting
+confirmed 49x49 and 25x25 and left 98x98 unsettled (benchmarks/README.md, session 24).
 Winograd's float32 error grows with m; build's verification against PyTorch still applies.
 """
 
