@@ -29,15 +29,11 @@ class ThreeByThree(nn.Module):
 
 def test_tile_size_follows_the_output_map():
     assert winograd.tile_size(56, 56) == 4 and winograd.tile_size(28, 28) == 4
-    assert winograd.tile_size(14, 14) == 2  # 4x4 tiles would compute 16x16: 31% more
-    assert winograd.tile_size(98, 98) == 4 and winograd.tile_size(25, 25) == 4  # 100x100, 28x28: 4%, 25% more
-    assert winograd.tile_size(21, 21) == 2 and winograd.tile_size(30, 21) == 4  # 24x24: 31% more; 32x24: 22%
-    assert winograd.tile_size(13, 13) == 2 and winograd.tile_size(30, 15) == 2  # too small a side to pad
-    assert winograd.tile_size(12, 12) == 4 and winograd.tile_size(8, 8) == 4  # 4 divides: no padding
+    assert winograd.tile_size(14, 14) == 2  # 4x4 tiles would compute 16x16
     assert winograd.tile_size(7, 7) is None and winograd.tile_size(4, 4) is None  # too few tiles: direct
 
 
-@pytest.mark.parametrize("side,tile", [(28, 4), (30, 4), (14, 2), (7, None)])
+@pytest.mark.parametrize("side,tile", [(28, 4), (14, 2), (7, None)])
 def test_prepare_uses_winograd_where_it_pays(side, tile):
     from tunekit import frontend
     from tunekit.targets import detect_host
@@ -55,12 +51,11 @@ def test_prepare_uses_winograd_where_it_pays(side, tile):
         assert not any("winograd" in n for n in names), (layout, names)
 
 
-@pytest.mark.parametrize("side", [28, 30, 14])
+@pytest.mark.parametrize("side", [28, 14])
 def test_a_winograd_build_matches_pytorch(cli, tmp_path, side):
     """Build verifies the library against the ONNX graph (within 1e-3 + 1e-3 max|ref|); here it is also held
     to float64 PyTorch. Measured max error relative to max|ref|: ~1e-6 for F(4x4) and F(2x2), on a par with
-    direct convolution's reordered sums. At 30 the 4x4 tiles overhang the map (32x32 computed, the rest
-    cropped)."""
+    direct convolution's reordered sums."""
     onnx_file = tmp_path / "c.onnx"
     model = ThreeByThree().eval()
     import onnx

@@ -16,35 +16,27 @@ the output channels contiguous, the vector of the batched products). MetaSchedul
 for the transforms (``conv2d_nhwc_winograd_data_pack`` / ``_inverse``) unroll the (m+2)^2
 constant-matrix products; the batched products get its multi-level tiling.
 
-The tile size follows the output: 4 where 4 divides the map's height and width, or where the map
-is at least 16 on a side and whole 4x4 tiles compute at most MAX_PADDING_4 times its outputs;
-else 2; and nothing for maps smaller than 8x8, whose few tiles make the products too thin to
-beat a direct convolution. F(4x4) takes 2.25 multiplies an output where F(2x2) takes 4, so
-a little padding costs less than the smaller tile. Measured on znver5 (resnet50, best of 32
-trials against the F(2x2) records of the reference set): 98x98 (100x100 computed, 4% more) 1187
--> 884 us, 49x49 (52x52, 13%) 877 -> 685, 25x25 (28x28, 25%) 957 -> 680; 14x14 (16x16, 31%) 269 ->
-287 and 13x13 (16x16, 51%, 16 tiles) 1009 -> 4208: F(2x2) stays there. A second, noisier sitting
-confirmed 49x49 and 25x25 and left 98x98 unsettled (benchmarks/README.md, session 24).
+The tile size follows the output: 4 where it divides the output's height and width, else 2
+(a 14x14 map in 4x4 tiles computes 16x16, 31% waste; in 2x2 tiles none), and nothing for maps
+smaller than 8x8, whose few tiles make the products too thin to beat a direct convolution.
+F(4x4) on whole tiles that overhang a map 4 does not divide was measured in session 24
+(benchmarks/README.md): tuned, it is faster where the padding is small (resnet50 at 392 on znver5:
+49x49 and 25x25 24-39% faster a kernel), but its default schedule is 3-7x slower than tuned (untuned
+resnet18 at 168 and 392 twice as slow), which untuned builds and classes without records would get;
+it stays off until that schedule is fixed.
 Winograd's float32 error grows with m; build's verification against PyTorch still applies.
 """
 
 from __future__ import annotations
 
-import math
-
 MIN_SIDE = 8  # output maps smaller than this stay direct convolutions
-MIN_PADDED_SIDE = 16  # maps 4 does not divide take F(4x4) only from this side up
-MAX_PADDING_4 = 1.26  # ... and where its whole tiles compute at most 26% more outputs than the map
 
 
 def tile_size(out_h: int, out_w: int) -> int | None:
     """The Winograd output tile for an out_h x out_w map, or None for a direct convolution."""
     if min(out_h, out_w) < MIN_SIDE:
         return None
-    if out_h % 4 == 0 and out_w % 4 == 0:
-        return 4
-    padded = math.ceil(out_h / 4) * 4 * math.ceil(out_w / 4) * 4
-    return 4 if min(out_h, out_w) >= MIN_PADDED_SIDE and padded <= MAX_PADDING_4 * out_h * out_w else 2
+    return 4 if out_h % 4 == 0 and out_w % 4 == 0 else 2
 
 
 def qualifies(call) -> bool:
